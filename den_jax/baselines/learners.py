@@ -1,0 +1,217 @@
+"""Baseline learners: separate networks (STL), fine-tuning, L2 transfer and EWC.
+
+Every learner has DEN's call shape::
+
+    net, report = learn_task(net, key, task, train, valid, cfg, state=None)
+
+``net`` already holds ``task`` (the runner adds the task's heads first); ``train`` and
+``valid`` are ``(x, y)`` pairs; ``cfg`` is a :class:`BaselineConfig`. ``report`` is a
+JSON-friendly dict with the per-task summary (``phase``, ``loss``, ``units_added``,
+``split``, ``pruned``, ``valid_loss``) plus ``report["state"]``: a pytree of arrays to
+pass as ``state=`` when learning the next task (``None`` for the stateless learners).
+
+* STL (``stl``): the runner gives each task a fresh network; all of it is trained.
+* Fine-tuning (``finetune``): shared layers + the task's heads, no regulariser.
+* L2 transfer (``l2``): fine-tuning + ``lam/2 * ||theta_s - theta_s^{t-1}||^2`` on the
+  shared parameters ``theta_s`` (DEN's "DNN-L2" baseline, Yoon et al. 2018 §4).
+* EWC (``ewc``): fine-tuning + ``lam/2 * sum_i F_i (theta_i - theta*_i)^2`` (Kirkpatrick
+  et al. 2017, Eq. 3) with ``F`` the diagonal empirical-model Fisher (labels sampled from
+  the model's own predictive distribution), summed over past tasks and anchored at the
+  parameters after the latest task (the single-penalty "online EWC" form, gamma = 1,
+  Schwarz et al. 2018, Eq. 8; Huszar 2018).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from den_jax.baselines.common import (
+    BaselineConfig,
+    shared_params,
+    train_task,
+    validation_loss,
+)
+from den_jax.network import SHARED_INPUT, ExpandableNet, apply, resolve_task
+
+Data = tuple[Any, Any]
+
+
+def _report(net, task, valid, cfg, train_report, phase, state=None) -> dict:
+    return {
+        "phase": phase,
+        "loss": train_report["loss_last"],
+        "loss_first": train_report["loss_first"],
+        "steps": train_report["steps"],
+        "units_added": 0,
+        "split": 0,
+        "pruned": 0,
+        "valid_loss": validation_loss(net, task, valid, cfg),
+        "state": state,
+    }
+
+
+def _check(net: ExpandableNet, task: str, cfg) -> None:
+    resolve_task(net.meta, task)
+    if not isinstance(cfg, BaselineConfig):
+        raise ValueError(f"cfg must be a BaselineConfig, got {type(cfg).__name__}")
+
+
+def stl_learn_task(net, key, task, train: Data, valid: Data, cfg, *, state=None):
+    """STL: trains a separate network for ``task`` (``net`` should hold only this task)."""
+    _check(net, task, cfg)
+    if len(net.task_names) != 1:
+        raise ValueError(
+            f"STL trains one network per task; got a network with tasks {list(net.task_names)}"
+        )
+    net, rep = train_task(net, key, task, train, cfg)
+    return net, _report(net, task, valid, cfg, rep, "stl")
+
+
+def finetune_learn_task(net, key, task, train: Data, valid: Data, cfg, *, state=None):
+    """Fine-tuning: shared layers and the task's heads, no regulariser."""
+    _check(net, task, cfg)
+    net, rep = train_task(net, key, task, train, cfg)
+    return net, _report(net, task, valid, cfg, rep, "finetune")
+
+
+def _l2_penalty(lam: float):
+    def penalty(shared, prev):
+        sq = jax.tree.map(lambda a, b: jnp.sum((a - b) ** 2), shared, prev)
+        return 0.5 * lam * sum(jax.tree.leaves(sq))
+
+    return penalty
+
+
+def l2_learn_task(net, key, task, train: Data, valid: Data, cfg, *, state=None):
+    """L2 transfer: pulls the shared parameters toward their values before this task."""
+    _check(net, task, cfg)
+    first = resolve_task(net.meta, task).index == 0
+    prev = shared_params(net.params)
+    penalty = None if first else _l2_penalty(cfg.l2_lambda)
+    net, rep = train_task(net, key, task, train, cfg, penalty=penalty, aux=prev)
+    return net, _report(net, task, valid, cfg, rep, "l2")
+
+
+def _ewc_penalty(lam: float):
+    def penalty(shared, aux):
+        terms = jax.tree.map(
+            lambda p, a, f: jnp.sum(f * (p - a) ** 2), shared, aux["anchor"], aux["fisher"]
+        )
+        return 0.5 * lam * sum(jax.tree.leaves(terms))
+
+    return penalty
+
+
+def diagonal_fisher(
+    net: ExpandableNet, key: jax.Array, task: str, x: Any, *, num_samples: int, chunk: int = 128
+) -> dict:
+    """Diagonal Fisher of ``task``'s predictive distribution w.r.t. the shared parameters.
+
+    ``F_i = E_x E_{y ~ p(y|x)} [ (d log p(y|x) / d theta_i)^2 ]`` estimated on the first
+    ``num_samples`` rows of ``x`` with one sampled label per row (softmax over the logits).
+
+    Returns:
+      A tree shaped like :func:`shared_params`.
+    """
+    meta = net.meta
+    x = jnp.asarray(x)[:num_samples]
+    n = int(x.shape[0])
+
+    def merge(shared, rest):
+        params = {**rest, "hidden": shared["hidden"]}
+        if shared["input"]:
+            params["input_heads"] = {**rest["input_heads"], SHARED_INPUT: shared["input"]}
+        return ExpandableNet(params=params, meta=meta)
+
+    def log_lik(shared, rest, xi, yi):
+        logits = apply(merge(shared, rest), xi[None], task)[0]
+        return jax.nn.log_softmax(logits)[yi]
+
+    @jax.jit
+    def chunk_sum(shared, rest, xb, k):
+        yb = jax.random.categorical(k, apply(merge(shared, rest), xb, task))
+        g = jax.vmap(jax.grad(log_lik), in_axes=(None, None, 0, 0))(shared, rest, xb, yb)
+        return jax.tree.map(lambda v: jnp.sum(v**2, axis=0), g)
+
+    shared = shared_params(net.params)
+    total = jax.tree.map(jnp.zeros_like, shared)
+    for i, start in enumerate(range(0, n, chunk)):
+        part = chunk_sum(shared, net.params, x[start : start + chunk], jax.random.fold_in(key, i))
+        total = jax.tree.map(jnp.add, total, part)
+    return jax.tree.map(lambda v: v / n, total)
+
+
+def ewc_learn_task(net, key, task, train: Data, valid: Data, cfg, *, state=None):
+    """EWC: quadratic penalty weighted by the summed Fisher of the previous tasks.
+
+    ``state`` is ``None`` before the first task, then ``{"anchor", "fisher"}`` (trees like
+    :func:`shared_params`) as returned in the previous report.
+    """
+    _check(net, task, cfg)
+    k_train, k_fisher = jax.random.split(key)
+    if state is None:
+        net, rep = train_task(net, k_train, task, train, cfg)
+        fisher_prev = None
+    else:
+        _check_state(net, state)
+        net, rep = train_task(
+            net, k_train, task, train, cfg, penalty=_ewc_penalty(cfg.ewc_lambda), aux=state
+        )
+        fisher_prev = state["fisher"]
+    fisher = diagonal_fisher(net, k_fisher, task, train[0], num_samples=cfg.fisher_samples)
+    if fisher_prev is not None:
+        fisher = jax.tree.map(jnp.add, fisher, fisher_prev)
+    new_state = {"anchor": shared_params(net.params), "fisher": fisher}
+    return net, _report(net, task, valid, cfg, rep, "ewc", new_state)
+
+
+def _check_state(net: ExpandableNet, state: Any) -> None:
+    shapes = jax.tree.map(np.shape, shared_params(net.params))
+    for key in ("anchor", "fisher"):
+        if not isinstance(state, dict) or key not in state:
+            raise ValueError(
+                f"EWC state must be a dict with 'anchor' and 'fisher', got {state!r:.80}"
+            )
+        got = jax.tree.map(np.shape, state[key])
+        if got != shapes:
+            raise ValueError(f"EWC state[{key!r}] has shapes {got}, expected {shapes}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A learner and how the runner drives it.
+
+    Attributes:
+      name: the ``--method`` name.
+      learn_task: the learner function (DEN's call shape).
+      separate_networks: True when every task gets a fresh network (STL).
+      stateful: True when ``report["state"]`` must be passed to the next task (and saved
+        in checkpoints).
+    """
+
+    name: str
+    learn_task: Callable
+    separate_networks: bool = False
+    stateful: bool = False
+
+
+BASELINES: dict[str, Method] = {
+    "stl": Method("stl", stl_learn_task, separate_networks=True),
+    "finetune": Method("finetune", finetune_learn_task),
+    "l2": Method("l2", l2_learn_task),
+    "ewc": Method("ewc", ewc_learn_task, stateful=True),
+}
+
+
+def ewc_state_abstract(net: ExpandableNet) -> dict:
+    """Abstract (``ShapeDtypeStruct``) EWC state for ``net``, for typed checkpoint restores."""
+    sds = jax.tree.map(
+        lambda v: jax.ShapeDtypeStruct(np.shape(v), jnp.float32), shared_params(net.params)
+    )
+    return {"anchor": sds, "fisher": sds}
