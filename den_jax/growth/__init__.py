@@ -1,0 +1,68 @@
+"""Growth strategies: a single network that grows in width and depth while it trains.
+
+Pure growth operations (:mod:`~den_jax.growth.ops`), strategies deciding when and how to
+grow (:mod:`~den_jax.growth.strategies`), an epoch-based trainer
+(:mod:`~den_jax.growth.trainer`), checkpoints (:mod:`~den_jax.growth.checkpointing`),
+history, plots and layer importance. See ``docs/growth.md``.
+"""
+
+from den_jax.growth.checkpointing import restore_checkpoint, save_checkpoint
+from den_jax.growth.history import GrowthEvent, History, growth_summary
+from den_jax.growth.ops import (
+    IDENTITY_SAFE_ACTIVATIONS,
+    GrowthAction,
+    apply_action,
+    apply_actions,
+    grow_width,
+    insert_layer,
+)
+from den_jax.growth.strategies import (
+    Adaptive,
+    FunctionStrategy,
+    GradientMagnitude,
+    GrowthDecision,
+    GrowthStrategy,
+    LossPlateau,
+    decide,
+)
+from den_jax.growth.trainer import (
+    TrainerConfig,
+    TrainState,
+    continual_learning,
+    evaluate,
+    init_state,
+    make_optimizer,
+    outputs,
+    predict,
+    train,
+)
+
+__all__ = [
+    "IDENTITY_SAFE_ACTIVATIONS",
+    "Adaptive",
+    "FunctionStrategy",
+    "GradientMagnitude",
+    "GrowthAction",
+    "GrowthDecision",
+    "GrowthEvent",
+    "GrowthStrategy",
+    "History",
+    "LossPlateau",
+    "TrainState",
+    "TrainerConfig",
+    "apply_action",
+    "apply_actions",
+    "continual_learning",
+    "decide",
+    "evaluate",
+    "grow_width",
+    "growth_summary",
+    "init_state",
+    "insert_layer",
+    "make_optimizer",
+    "outputs",
+    "predict",
+    "restore_checkpoint",
+    "save_checkpoint",
+    "train",
+]
