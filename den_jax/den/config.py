@@ -1,0 +1,215 @@
+"""DEN hyper-parameters: a validated, frozen dataclass loadable from YAML or JSON.
+
+Only entry points and :func:`den_jax.den.learner.learn_task` read a :class:`DENConfig`;
+the phase functions take explicit arguments. Every field is checked by
+:func:`validate_config`; a bad value raises ``ValueError`` naming the field, the value and
+the allowed range, and :func:`config_from_dict` rejects unknown keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+LOSSES = ("softmax_ce", "sigmoid_ce")
+PROX_SCALES = ("lr", "none")
+SPLIT_WHEN = ("always", "after_expansion", "never")
+SPLIT_RETRAIN = ("all", "new")
+OPT_STATE_POLICIES = ("reset", "grow")
+EXPANSION_LOSS_ON = ("valid", "train")
+
+
+@dataclasses.dataclass(frozen=True)
+class DENConfig:
+    """Hyper-parameters of DEN (Yoon et al., ICLR 2018); sources in docs/den_algorithm.md.
+
+    Attributes:
+      l1_lambda: mu of Eq. 2-5; the L1 prox threshold per step is ``lr * l1_lambda``
+        (``prox_scale="lr"``) or ``l1_lambda`` (``"none"``, the official code's 1e-5).
+      group_lambda: gamma of Eq. 5; group-lasso prox threshold per step, scaled like L1.
+      l2_lambda: weight of ``sum 0.5 * ||v||^2`` over all weights (official 1e-4).
+      drift_lambda: lambda of Eq. 6, weight of ``||W - W^{t-1}||^2`` over weights older
+        tasks use (selective retraining and split).
+      expansion_threshold: tau; expand when the loss after selective retraining exceeds it.
+      drift_threshold: sigma; split units whose drift ``rho_i`` exceeds it.
+      new_nodes_k: k, units added per hidden layer at an expansion.
+      max_splits_per_layer: cap on duplicated units per layer and task (most drifted first).
+      steps_task1: optimizer steps of task-1 training (Eq. 2).
+      steps_head: steps of sparse output-head training before the search (Eq. 3).
+      steps_selective: steps of selective retraining of the subnetwork (Eq. 4).
+      steps_expand: steps of expansion training (Eq. 5).
+      steps_split_pretrain: steps of the first Eq. 6 pass before the drift is measured
+        (0: measure the drift on the weights after selective retraining, which were trained
+        with the same drift penalty; the official code does the same).
+      steps_split: steps of retraining after duplication (second Eq. 6 pass).
+      batch_size: examples per step.
+      learning_rate: initial learning rate.
+      lr_decay_rate: staircase decay factor (official 0.95).
+      lr_decay_steps: steps between decays (official: one epoch, 55000 / 256 = 215).
+      seed: seed entry points use to derive PRNG keys.
+      loss: ``"softmax_ce"`` (default) or ``"sigmoid_ce"`` (official code, one-hot).
+      prox_scale: ``"lr"`` scales prox thresholds by the current lr; ``"none"`` does not.
+      split_when: ``"always"`` (paper, every task t >= 2), ``"after_expansion"`` (official
+        code) or ``"never"`` (ablation).
+      split_retrain: parameters trained after duplication: ``"all"`` (every weight the task
+        uses, with the drift penalty; paper) or ``"new"`` (only weights no older task uses).
+      opt_state_policy: ``"reset"`` (fresh optimizer state each phase, official code) or
+        ``"grow"`` (keep Adam moments; pad them across growth by unit id).
+      expansion_loss_on: ``"valid"`` (whole validation set when given) or ``"train"``.
+      eval_batch_size: batch size of whole-dataset loss evaluation.
+    """
+
+    l1_lambda: float = 0.01
+    group_lambda: float = 1.0
+    l2_lambda: float = 1e-4
+    drift_lambda: float = 0.5
+    expansion_threshold: float = 0.02
+    drift_threshold: float = 0.05
+    new_nodes_k: int = 10
+    max_splits_per_layer: int = 10
+    steps_task1: int = 4300
+    steps_head: int = 430
+    steps_selective: int = 4300
+    steps_expand: int = 4300
+    steps_split_pretrain: int = 0
+    steps_split: int = 4300
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    lr_decay_rate: float = 0.95
+    lr_decay_steps: int = 215
+    seed: int = 0
+    loss: str = "softmax_ce"
+    prox_scale: str = "lr"
+    split_when: str = "always"
+    split_retrain: str = "all"
+    opt_state_policy: str = "reset"
+    expansion_loss_on: str = "valid"
+    eval_batch_size: int = 1024
+
+    def __post_init__(self):
+        validate_config(self)
+
+
+_FLOAT_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    # name: (low, high, low inclusive, high inclusive)
+    "l1_lambda": (0.0, math.inf, True, False),
+    "group_lambda": (0.0, math.inf, True, False),
+    "l2_lambda": (0.0, math.inf, True, False),
+    "drift_lambda": (0.0, math.inf, True, False),
+    "expansion_threshold": (0.0, math.inf, True, False),
+    "drift_threshold": (0.0, math.inf, True, False),
+    "learning_rate": (0.0, math.inf, False, False),
+    "lr_decay_rate": (0.0, 1.0, False, True),
+}
+_INT_MINIMA: dict[str, int] = {
+    "new_nodes_k": 1,
+    "max_splits_per_layer": 0,
+    "steps_task1": 1,
+    "steps_head": 1,
+    "steps_selective": 1,
+    "steps_expand": 1,
+    "steps_split_pretrain": 0,
+    "steps_split": 1,
+    "batch_size": 1,
+    "lr_decay_steps": 1,
+    "seed": 0,
+    "eval_batch_size": 1,
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "loss": LOSSES,
+    "prox_scale": PROX_SCALES,
+    "split_when": SPLIT_WHEN,
+    "split_retrain": SPLIT_RETRAIN,
+    "opt_state_policy": OPT_STATE_POLICIES,
+    "expansion_loss_on": EXPANSION_LOSS_ON,
+}
+
+
+def _range_text(low, high, low_inc, high_inc) -> str:
+    left = "[" if low_inc else "("
+    right = "]" if high_inc else ")"
+    return f"{left}{low}, {high}{right}"
+
+
+def validate_config(cfg: DENConfig) -> DENConfig:
+    """Checks every field of ``cfg``; raises ``ValueError`` naming field, value and range."""
+    for name, (low, high, low_inc, high_inc) in _FLOAT_RANGES.items():
+        value = getattr(cfg, name)
+        ok_type = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+            value, bool
+        )
+        if not ok_type:
+            raise ValueError(f"DENConfig.{name} must be a number, got {value!r}")
+        v = float(value)
+        in_range = (
+            math.isfinite(v)
+            and (v >= low if low_inc else v > low)
+            and (v <= high if high_inc else v < high)
+        )
+        if not in_range:
+            raise ValueError(
+                f"DENConfig.{name}={value!r} is out of range; allowed: "
+                f"{_range_text(low, high, low_inc, high_inc)}"
+            )
+    for name, minimum in _INT_MINIMA.items():
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise ValueError(f"DENConfig.{name} must be an integer >= {minimum}, got {value!r}")
+        if value < minimum:
+            raise ValueError(
+                f"DENConfig.{name}={value!r} is out of range; allowed: integers >= {minimum}"
+            )
+    for name, choices in _CHOICES.items():
+        value = getattr(cfg, name)
+        if value not in choices:
+            raise ValueError(f"DENConfig.{name}={value!r} is not allowed; choose one of {choices}")
+    return cfg
+
+
+def config_from_dict(data: Mapping[str, Any]) -> DENConfig:
+    """Builds a :class:`DENConfig` from a mapping; unknown keys raise ``ValueError``.
+
+    Missing keys take their defaults. Integers are accepted for float fields.
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a DEN config must be a mapping of field names, got {type(data)}")
+    known = {f.name for f in dataclasses.fields(DENConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown DENConfig key(s) {unknown}; known keys: {sorted(known)}")
+    return DENConfig(**dict(data))
+
+
+def config_to_dict(cfg: DENConfig) -> dict[str, Any]:
+    """The config as a plain JSON-serialisable dict (inverse of :func:`config_from_dict`)."""
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | os.PathLike) -> DENConfig:
+    """Loads a :class:`DENConfig` from a ``.yaml``/``.yml`` or ``.json`` file.
+
+    The file holds a mapping of fields; a top-level ``den:`` key holding that mapping is
+    also accepted (so one experiment file can carry other sections).
+    """
+    path = os.fspath(path)
+    if not path.endswith((".yaml", ".yml", ".json")):
+        raise ValueError(f"config file {path!r} must end in .yaml, .yml or .json")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".json"):
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text)
+    if data is None:
+        data = {}
+    if isinstance(data, Mapping) and set(data) == {"den"}:
+        data = data["den"]
+    return config_from_dict(data)

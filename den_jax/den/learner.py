@@ -1,0 +1,361 @@
+"""The public DEN entry point: learn one task of a stream (Yoon et al. 2018, Alg. 1).
+
+``learn_task`` runs, for a task that already exists in the network (``dj.add_task``):
+
+* task index 0: sparse training of the whole network (Eq. 2);
+* later tasks:
+  1. sparse training of the task's output head alone (Eq. 3, ``steps_head`` steps);
+  2. breadth-first search from all output units through non-zero weights (Alg. 2);
+  3. selective retraining of that subnetwork with the drift penalty (Eq. 4 + Eq. 6's term);
+  4. if the task loss on the whole validation (or training) set exceeds tau: dynamic
+     expansion by k units per layer trained with L1 + group lasso, then removal of new
+     units left with all-zero incoming weights (Alg. 3, Eq. 5);
+  5. split/duplication (Alg. 4, Eq. 6) for every task (``split_when="always"``) or only
+     after an expansion (``"after_expansion"``, official code).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from den_jax.align import align_tree, grow_opt_state
+from den_jax.den import phases
+from den_jax.den.config import DENConfig
+from den_jax.den.phases import PhaseSettings, PhaseState
+from den_jax.den.selection import select_subnetwork
+from den_jax.network import ExpandableNet, resolve_task
+
+logger = logging.getLogger(__name__)
+
+OptimizerFactory = Callable[..., optax.GradientTransformation]
+
+
+def lr_schedule(cfg: DENConfig) -> optax.Schedule:
+    """``lr * decay_rate ** floor(step / decay_steps)`` (official: 1e-3, 0.95 per epoch)."""
+    return optax.exponential_decay(
+        cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_rate, staircase=True
+    )
+
+
+def _make_tx(factory: OptimizerFactory | None, schedule) -> optax.GradientTransformation:
+    if factory is None:
+        return optax.adam(schedule)
+    try:
+        n_params = len(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        n_params = 1
+    tx = factory() if n_params == 0 else factory(schedule)
+    if not isinstance(tx, optax.GradientTransformation):
+        raise ValueError(
+            f"optimizer_factory must return an optax.GradientTransformation, got {type(tx)}"
+        )
+    return tx
+
+
+def make_settings(
+    cfg: DENConfig,
+    *,
+    loss_fn: phases.LogitsLoss | None = None,
+    optimizer_factory: OptimizerFactory | None = None,
+) -> PhaseSettings:
+    """Turns a config (plus optional loss/optimizer overrides) into :class:`PhaseSettings`."""
+    schedule = lr_schedule(cfg)
+    if loss_fn is None:
+        loss_fn = phases.softmax_ce if cfg.loss == "softmax_ce" else phases.sigmoid_ce
+    return PhaseSettings(
+        tx=_make_tx(optimizer_factory, schedule),
+        lr_schedule=schedule,
+        logits_loss=loss_fn,
+        l1_lambda=float(cfg.l1_lambda),
+        group_lambda=float(cfg.group_lambda),
+        l2_lambda=float(cfg.l2_lambda),
+        drift_lambda=float(cfg.drift_lambda),
+        scale_prox_by_lr=cfg.prox_scale == "lr",
+        batch_size=int(cfg.batch_size),
+        eval_batch_size=int(cfg.eval_batch_size),
+        grow_opt_state=cfg.opt_state_policy == "grow",
+    )
+
+
+def _as_data(data, name: str, spec) -> tuple[jax.Array, jax.Array]:
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise ValueError(f"{name} must be a pair (x, y) of arrays, got {type(data).__name__}")
+    x, y = jnp.asarray(data[0], jnp.float32), jnp.asarray(data[1])
+    if x.ndim != 2 or x.shape[1] != spec.input_dim:
+        raise ValueError(
+            f"{name}: task {spec.name!r} expects x of shape [N, {spec.input_dim}], "
+            f"got {tuple(x.shape)}"
+        )
+    if y.shape[0] != x.shape[0] or x.shape[0] == 0:
+        raise ValueError(
+            f"{name}: x and y must have the same non-zero number of rows, got "
+            f"{x.shape[0]} and {y.shape[0]}"
+        )
+    return x, y
+
+
+def _widths(net: ExpandableNet) -> list[int]:
+    return [int(w) for w in net.widths]
+
+
+def learn_task_with_state(
+    net: ExpandableNet,
+    key: jax.Array,
+    task: str,
+    train_data,
+    valid_data,
+    cfg: DENConfig,
+    *,
+    opt_state: Any | None = None,
+    loss_fn: phases.LogitsLoss | None = None,
+    optimizer_factory: OptimizerFactory | None = None,
+) -> tuple[ExpandableNet, Any, dict]:
+    """:func:`learn_task` that also takes and returns the optimizer state.
+
+    ``opt_state`` is ``None`` or the ``(state, network)`` pair a previous call returned.
+    With ``cfg.opt_state_policy == "grow"`` that state is aligned by unit id to ``net``
+    (which may have gained a task since: new heads get zero moments) and carried into the
+    first phase and across every growth step; with ``"reset"`` it is ignored and every
+    phase starts from ``tx.init``. Returns ``(net, (opt_state, net), report)``.
+    """
+    if not isinstance(cfg, DENConfig):
+        raise ValueError(f"cfg must be a DENConfig, got {type(cfg).__name__}")
+    spec = resolve_task(net.meta, task)
+    if spec.index != len(net.meta.tasks) - 1:
+        raise ValueError(
+            f"task {task!r} (index {spec.index}) is not the newest task "
+            f"({net.meta.tasks[-1].name!r}); DEN learns tasks in order"
+        )
+    train = _as_data(train_data, "train_data", spec)
+    valid = None if valid_data is None else _as_data(valid_data, "valid_data", spec)
+    settings = make_settings(cfg, loss_fn=loss_fn, optimizer_factory=optimizer_factory)
+    chex.assert_tree_all_finite(net.params)
+    t0 = time.perf_counter()
+    keys = iter(jax.random.split(key, 16))
+    if settings.grow_opt_state and opt_state is not None:
+        if not (isinstance(opt_state, tuple) and len(opt_state) == 2):
+            raise ValueError(
+                "opt_state must be the (state, network) pair returned by learn_task_with_state"
+            )
+        opt_state = grow_opt_state(opt_state[0], opt_state[1], net)
+    else:
+        opt_state = None
+    state = PhaseState(net, opt_state, 0)
+    report: dict[str, Any] = {"task": spec.name, "index": spec.index, "phases": {}}
+
+    if spec.index == 0:
+        state, stats = phases.train_phase(
+            state,
+            next(keys),
+            spec.name,
+            train,
+            settings,
+            num_steps=cfg.steps_task1,
+            update_mask=phases.task_mask(state.net, spec.name),
+            prox=phases.make_l1_prox(settings),
+        )
+        report["phases"]["task1"] = stats
+    else:
+        state = _learn_later_task(state, keys, spec, train, valid, cfg, settings, report)
+
+    eval_data = valid if valid is not None else train
+    report["final_task_loss"] = phases.task_loss(state.net, spec.name, eval_data, settings)
+    report["widths"] = _widths(state.net)
+    report["params"] = int(sum(np.prod(v.shape) for v in jax.tree.leaves(state.net.params)))
+    report["nonzero_params"] = int(
+        sum(int(jnp.count_nonzero(v)) for v in jax.tree.leaves(state.net.params))
+    )
+    report["seconds"] = time.perf_counter() - t0
+    logger.info("DEN task %s: %s", spec.name, report)
+    return state.net, (state.opt_state, state.net), report
+
+
+def _learn_later_task(state, keys, spec, train, valid, cfg, settings, report) -> PhaseState:
+    name = spec.name
+    prev_net = state.net
+    prev_params = state.net.params  # W^{t-1} (the task's fresh head included, unused)
+
+    # 1. Sparse output head (Eq. 3): only the task's head is trainable.
+    head_mask = jax.tree.map(jnp.zeros_like, state.net.params)
+    head_mask["output_heads"][name] = jax.tree.map(
+        jnp.ones_like, state.net.params["output_heads"][name]
+    )
+    state, stats = phases.train_phase(
+        state,
+        next(keys),
+        name,
+        train,
+        settings,
+        num_steps=cfg.steps_head,
+        update_mask=head_mask,
+        prox=phases.make_l1_prox(settings),
+    )
+    report["phases"]["head"] = stats
+
+    # 2. Breadth-first search (Alg. 2) and 3. selective retraining (Eq. 4 + drift).
+    selection = select_subnetwork(state.net, name)
+    drift_mask = phases.old_task_mask(state.net, name)
+    state, stats = phases.train_phase(
+        state,
+        next(keys),
+        name,
+        train,
+        settings,
+        num_steps=cfg.steps_selective,
+        update_mask=selection.masks,
+        prox=phases.make_l1_prox(settings),
+        prev=prev_params,
+        drift_mask=drift_mask,
+    )
+    stats["selected_units"] = [int(u.size) for u in selection.units]
+    report["phases"]["selective"] = stats
+
+    # 4. Dynamic expansion (Alg. 3, Eq. 5).
+    measure_on = valid if (valid is not None and cfg.expansion_loss_on == "valid") else train
+    loss_after = phases.task_loss(state.net, name, measure_on, settings)
+    expanded = loss_after > cfg.expansion_threshold
+    exp_report: dict[str, Any] = {
+        "loss_before": loss_after,
+        "measured_on": "valid" if measure_on is valid else "train",
+        "threshold": cfg.expansion_threshold,
+        "expanded": bool(expanded),
+        "added": [0] * state.net.num_layers,
+        "kept": [0] * state.net.num_layers,
+        "pruned": [0] * state.net.num_layers,
+    }
+    if expanded:
+        start = time.perf_counter()
+        state, new_units, mask = phases.expand(state, next(keys), name, cfg.new_nodes_k, settings)
+        state, stats = phases.train_phase(
+            state,
+            next(keys),
+            name,
+            train,
+            settings,
+            num_steps=cfg.steps_expand,
+            update_mask=mask,
+            prox=phases.make_expansion_prox(settings, state.net, name, new_units),
+        )
+        state, removed = phases.prune_dead_units(state, name, new_units, settings)
+        exp_report.update(stats)
+        exp_report["added"] = [int(u.size) for u in new_units]
+        exp_report["pruned"] = removed
+        exp_report["kept"] = [int(u.size) - r for u, r in zip(new_units, removed)]
+        exp_report["loss_after"] = phases.task_loss(state.net, name, measure_on, settings)
+        exp_report["seconds"] = time.perf_counter() - start
+    report["phases"]["expansion"] = exp_report
+
+    # 5. Split / duplication (Alg. 4, Eq. 6).
+    do_split = cfg.split_when == "always" or (cfg.split_when == "after_expansion" and expanded)
+    split_report: dict[str, Any] = {"ran": bool(do_split), "split": [0] * state.net.num_layers}
+    if do_split:
+        start = time.perf_counter()
+        drift_mask = phases.old_task_mask(state.net, name)
+        if cfg.steps_split_pretrain > 0:
+            state, stats = phases.train_phase(
+                state,
+                next(keys),
+                name,
+                train,
+                settings,
+                num_steps=cfg.steps_split_pretrain,
+                update_mask=phases.task_mask(state.net, name),
+                prox=phases.make_l1_prox(settings),
+                prev=align_tree(prev_params, prev_net, state.net),
+                drift_mask=drift_mask,
+            )
+            split_report["pretrain"] = stats
+        prev_aligned = align_tree(prev_params, prev_net, state.net)
+        drift = phases.unit_drift(state.net, prev_aligned, drift_mask)
+        chosen = phases.choose_split_units(
+            drift, state.net, spec.index, cfg.drift_threshold, cfg.max_splits_per_layer
+        )
+        old_stamps = [np.asarray(layer.stamps) < spec.index for layer in state.net.meta.layers]
+        split_report["drift_max"] = [
+            float(d[s].max()) if s.any() else 0.0 for d, s in zip(drift, old_stamps)
+        ]
+        split_report["drift_mean"] = [
+            float(d[s].mean()) if s.any() else 0.0 for d, s in zip(drift, old_stamps)
+        ]
+        split_report["over_threshold"] = [
+            int(((d > cfg.drift_threshold) & s).sum()) for d, s in zip(drift, old_stamps)
+        ]
+        state = phases.split_units(state, name, chosen, prev_params, prev_net, settings)
+        split_report["split"] = [int(c.size) for c in chosen]
+        drift_mask = phases.old_task_mask(state.net, name)
+        if cfg.split_retrain == "all":
+            retrain_mask = phases.task_mask(state.net, name)
+        else:
+            retrain_mask = jax.tree.map(
+                lambda m, d: m * (1 - d), phases.task_mask(state.net, name), drift_mask
+            )
+        state, stats = phases.train_phase(
+            state,
+            next(keys),
+            name,
+            train,
+            settings,
+            num_steps=cfg.steps_split,
+            update_mask=retrain_mask,
+            prox=phases.make_l1_prox(settings),
+            prev=align_tree(prev_params, prev_net, state.net),
+            drift_mask=drift_mask,
+        )
+        split_report["retrain"] = stats
+        split_report["seconds"] = time.perf_counter() - start
+    report["phases"]["split"] = split_report
+    return state
+
+
+def learn_task(
+    net: ExpandableNet,
+    key: jax.Array,
+    task: str,
+    train_data,
+    valid_data,
+    cfg: DENConfig,
+    *,
+    loss_fn: phases.LogitsLoss | None = None,
+    optimizer_factory: OptimizerFactory | None = None,
+) -> tuple[ExpandableNet, dict]:
+    """Learns ``task`` with DEN (Alg. 1) and returns the grown network and a report.
+
+    Args:
+      net: the network; ``task`` must be its newest task (call ``dj.add_task`` first).
+      key: PRNG key (shuffling, new units).
+      task: the task's name.
+      train_data: ``(x [N, d_in] float, y [N] int labels)``.
+      valid_data: ``(x, y)`` or ``None``; the expansion test uses it when given.
+      cfg: a :class:`~den_jax.den.config.DENConfig`.
+      loss_fn: ``(logits, y) -> scalar`` batch mean; overrides ``cfg.loss``.
+      optimizer_factory: ``schedule -> optax.GradientTransformation`` (default
+        ``optax.adam``) or a zero-argument factory.
+
+    Returns:
+      ``(net, report)``; ``report`` is JSON-serialisable: per phase ``steps``,
+      ``final_loss`` (mean of the last 100 steps' objective), ``seconds``, ``trainable``
+      (entries), the selected subnetwork sizes, units added/kept/pruned per layer, the
+      expansion decision with the loss it was based on, units split per layer and drift
+      statistics; plus ``final_task_loss``, ``widths``, ``params``, ``nonzero_params``.
+    """
+    net, _, report = learn_task_with_state(
+        net,
+        key,
+        task,
+        train_data,
+        valid_data,
+        cfg,
+        loss_fn=loss_fn,
+        optimizer_factory=optimizer_factory,
+    )
+    return net, report

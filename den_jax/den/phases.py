@@ -1,0 +1,433 @@
+"""DEN's training phases as pure functions on an :class:`~den_jax.network.ExpandableNet`.
+
+Every phase trains with :func:`den_jax.training.train_steps` (one compiled ``lax.scan``
+per phase) and returns a new network, the optimizer state and a JSON-serialisable dict of
+statistics. The phases take explicit arguments (:class:`PhaseSettings`); only
+:mod:`den_jax.den.learner` reads a :class:`~den_jax.den.config.DENConfig`.
+
+Objective of every phase (paper equation numbers from Yoon et al., ICLR 2018)::
+
+    loss(W) = L(W; D_t) + l2/2 * sum ||W||^2 + drift * sum_{old} (W - W^{t-1})^2   (Eq. 4, 6)
+    then after each optimizer step: W <- prox_{lr*mu ||.||_1}(W)                   (Eq. 2-5)
+                                    W_new <- prox_{lr*gamma sum_g ||.||_2}(W_new)   (Eq. 5)
+                                    W[mask == 0] <- previous value                 (freezing)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from den_jax.align import align_tree, grow_opt_state
+from den_jax.den.proximal import prox_group_lasso_columns, prox_l1
+from den_jax.den.selection import subnetwork_masks
+from den_jax.network import ExpandableNet, apply, resolve_task, task_widths
+from den_jax.surgery import add_units_all, duplicate_units, remove_units
+from den_jax.training import evaluate_loss, train_steps
+
+LogitsLoss = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def softmax_ce(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy; ``y`` integer labels ``[B]`` or targets ``[B, C]``."""
+    if y.ndim == logits.ndim:
+        return optax.softmax_cross_entropy(logits, y).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y.astype(jnp.int32)).mean()
+
+
+def sigmoid_ce(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean one-vs-rest sigmoid cross-entropy over batch and classes (official DEN code)."""
+    if y.ndim != logits.ndim:
+        y = jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
+    return optax.sigmoid_binary_cross_entropy(logits, y).mean()
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseSettings:
+    """Explicit settings shared by the phases (built from a config by the learner).
+
+    Attributes:
+      tx: the optimizer (one object per task, so compiled loops are reused when possible).
+      lr_schedule: ``step -> lr`` (the schedule inside ``tx``), for the prox thresholds.
+      logits_loss: ``(logits [B, C], y [B]) -> scalar``.
+      l1_lambda: mu (L1 prox; weights only).
+      group_lambda: gamma (group prox on new units' incoming weights).
+      l2_lambda: weight of ``0.5 * ||W||^2``.
+      drift_lambda: weight of ``||W - W^{t-1}||^2`` on weights older tasks use.
+      scale_prox_by_lr: thresholds ``lr * lambda`` (True) or ``lambda`` (False).
+      batch_size: examples per step.
+      eval_batch_size: batch size of whole-dataset evaluation.
+      grow_opt_state: keep optimizer state across phases (True) or reset it (False).
+    """
+
+    tx: optax.GradientTransformation
+    lr_schedule: Callable[[Any], Any]
+    logits_loss: LogitsLoss
+    l1_lambda: float
+    group_lambda: float
+    l2_lambda: float
+    drift_lambda: float
+    scale_prox_by_lr: bool = True
+    batch_size: int = 256
+    eval_batch_size: int = 1024
+    grow_opt_state: bool = False
+
+
+class PhaseState(NamedTuple):
+    """What flows between phases.
+
+    Attributes:
+      net: the network.
+      opt_state: the optimizer state (``None`` before the first phase).
+      step: optimizer steps taken so far (offset of the prox lr schedule under "grow").
+    """
+
+    net: ExpandableNet
+    opt_state: Any
+    step: int
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_weight(path) -> bool:
+    return getattr(path[-1], "key", None) == "w"
+
+
+def weights_only(tree: Any) -> Any:
+    """A pytree like ``tree`` with 1.0 on weight matrices and ``None`` on biases."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, v: jnp.ones((), v.dtype) if _is_weight(path) else None, tree
+    )
+
+
+def task_mask(net: ExpandableNet, task: int | str) -> Any:
+    """0/1 mask of every weight ``task`` uses (all its units, its input and output heads)."""
+    return subnetwork_masks(net, task, [np.arange(n) for n in task_widths(net, task)])
+
+
+def old_task_mask(net: ExpandableNet, task: int | str) -> Any:
+    """0/1 mask of the hidden-layer and input-head weights any task before ``task`` uses.
+
+    Output heads are excluded (older heads are never trained by later tasks).
+    """
+    spec = resolve_task(net.meta, task)
+    zeros = jax.tree.map(jnp.zeros_like, net.params)
+    union = zeros
+    for j in range(spec.index):
+        union = jax.tree.map(jnp.maximum, union, task_mask(net, j))
+    union["output_heads"] = zeros["output_heads"]
+    return union
+
+
+def new_unit_indices(net: ExpandableNet, first_new_id: int) -> list[np.ndarray]:
+    """Per layer, positions of units whose id is >= ``first_new_id`` (added since then)."""
+    return [np.flatnonzero(np.asarray(layer.ids) >= first_new_id) for layer in net.meta.layers]
+
+
+def _threshold(settings: PhaseSettings, lam: float, lr):
+    return lr * lam if settings.scale_prox_by_lr else jnp.asarray(lam, jnp.float32)
+
+
+def make_l1_prox(settings: PhaseSettings):
+    """``prox(params, lr)``: L1 soft threshold on every weight matrix (Eq. 2-5's mu term)."""
+    if settings.l1_lambda == 0:
+        return None
+    lam = settings.l1_lambda
+
+    def prox(params, lr):
+        return prox_l1(params, _threshold(settings, lam, lr), mask=weights_only(params))
+
+    return prox
+
+
+def make_expansion_prox(settings: PhaseSettings, net: ExpandableNet, task, new_units):
+    """``prox(params, lr)``: L1 then group lasso on the new units' incoming columns (Eq. 5)."""
+    spec = resolve_task(net.meta, task)
+    l1 = make_l1_prox(settings)
+    cols = [
+        jnp.asarray(np.isin(np.arange(w), u).astype(np.float32))
+        for w, u in zip(net.widths, new_units)
+    ]
+    lam = settings.group_lambda
+
+    def prox(params, lr):
+        if l1 is not None:
+            params = l1(params, lr)
+        if lam == 0:
+            return params
+        t = _threshold(settings, lam, lr)
+        params = jax.tree.map(lambda v: v, params)
+        head = params["input_heads"][spec.input_key]
+        params["input_heads"][spec.input_key] = {
+            **head,
+            "w": prox_group_lasso_columns(head["w"], t, cols[0]),
+        }
+        for layer in range(1, len(cols)):
+            hp = params["hidden"][layer]
+            params["hidden"][layer] = {**hp, "w": prox_group_lasso_columns(hp["w"], t, cols[layer])}
+        return params
+
+    return prox
+
+
+def _loss_fn(net: ExpandableNet, task: str, settings: PhaseSettings):
+    meta_net = net
+
+    def loss(params, xb, yb, aux):
+        logits = apply(meta_net.replace(params=params), xb, task)
+        value = settings.logits_loss(logits, yb)
+        if settings.l2_lambda:
+            sq = sum(jnp.sum(v * v) for v in jax.tree.leaves(params))
+            value = value + 0.5 * settings.l2_lambda * sq
+        if settings.drift_lambda:
+            drift = jax.tree.map(
+                lambda m, p, q: jnp.sum(m * (p - q) ** 2), aux["drift_mask"], params, aux["prev"]
+            )
+            value = value + settings.drift_lambda * sum(jax.tree.leaves(drift))
+        return value
+
+    return loss
+
+
+def task_loss(net: ExpandableNet, task: str, data, settings: PhaseSettings) -> float:
+    """The task loss ``L(W; D)`` (no penalties) over a whole dataset ``data = (x, y)``."""
+
+    def loss(params, xb, yb):
+        return settings.logits_loss(apply(net.replace(params=params), xb, task), yb)
+
+    return evaluate_loss(loss, net.params, data[0], data[1], batch_size=settings.eval_batch_size)
+
+
+def carry_opt_state(settings: PhaseSettings, opt_state, old: ExpandableNet, new: ExpandableNet):
+    """The optimizer state for ``new``: grown by unit id, or freshly initialised."""
+    if settings.grow_opt_state and opt_state is not None:
+        return grow_opt_state(opt_state, old, new)
+    return settings.tx.init(new.params)
+
+
+def train_phase(
+    state: PhaseState,
+    key: jax.Array,
+    task: str,
+    data,
+    settings: PhaseSettings,
+    *,
+    num_steps: int,
+    update_mask: Any,
+    prox=None,
+    prev: Any | None = None,
+    drift_mask: Any | None = None,
+) -> tuple[PhaseState, dict]:
+    """Trains ``update_mask``'s weights for ``num_steps`` steps; returns state and stats.
+
+    Args:
+      state: network, optimizer state (``None``: initialise) and global step.
+      key: PRNG key for shuffling.
+      task: task name (its forward pass defines the loss).
+      data: ``(x, y)`` training arrays.
+      settings: :class:`PhaseSettings`.
+      num_steps: optimizer steps.
+      update_mask: 0/1 pytree like ``net.params`` (applied after the optimizer and prox).
+      prox: optional ``prox(params, lr)``.
+      prev: ``W^{t-1}`` aligned to the current network (needed when ``drift_lambda > 0``).
+      drift_mask: 0/1 pytree of the entries the drift penalty covers.
+    """
+    net = state.net
+    if settings.grow_opt_state and state.opt_state is not None:
+        opt_state, offset = state.opt_state, state.step
+    else:
+        opt_state, offset = settings.tx.init(net.params), 0
+    zeros = jax.tree.map(jnp.zeros_like, net.params)
+    aux = {
+        "prev": net.params if prev is None else prev,
+        "drift_mask": zeros if drift_mask is None else drift_mask,
+    }
+    start = time.perf_counter()
+    params, opt_state, losses = train_steps(
+        net.params,
+        opt_state,
+        tx=settings.tx,
+        loss_fn=_loss_fn(net, task, settings),
+        x=data[0],
+        y=data[1],
+        key=key,
+        num_steps=num_steps,
+        batch_size=min(settings.batch_size, int(data[0].shape[0])),
+        update_mask=update_mask,
+        prox=prox,
+        learning_rate=settings.lr_schedule,
+        loss_aux=aux,
+        step_offset=offset,
+    )
+    losses = np.asarray(jax.device_get(losses))
+    stats = {
+        "steps": int(num_steps),
+        "final_loss": float(losses[-min(100, len(losses)) :].mean()),
+        "trainable": int(sum(np.asarray(m).sum() for m in jax.tree.leaves(update_mask))),
+        "seconds": time.perf_counter() - start,
+    }
+    return PhaseState(net.replace(params=params), opt_state, offset + num_steps), stats
+
+
+# --------------------------------------------------------------------------- expansion
+
+
+def expand(state: PhaseState, key: jax.Array, task: str, k: int, settings: PhaseSettings):
+    """Adds ``k`` units to every hidden layer (Alg. 3), outgoing weights initialised.
+
+    Returns:
+      ``(state, new_units, update_mask)``: the grown network (optimizer state carried or
+      reset), per-layer positions of the new units and the mask of the weights Eq. 5
+      trains: the new units' incoming and outgoing weights and biases and the task's head.
+    """
+    old = state.net
+    first_id = old.meta.next_unit_id
+    net = add_units_all(old, key, k, outgoing="init")
+    new_units = new_unit_indices(net, first_id)
+    spec = resolve_task(net.meta, task)
+    ind = [np.isin(np.arange(w), u).astype(np.float32) for w, u in zip(net.widths, new_units)]
+    mask = jax.tree.map(lambda v: np.zeros(v.shape, np.float32), net.params)
+    mask["input_heads"][spec.input_key]["w"][:, :] = ind[0][None, :]
+    mask["hidden"][0]["b"][:] = ind[0]
+    for layer in range(1, net.num_layers):
+        m = np.maximum(ind[layer - 1][:, None], ind[layer][None, :])
+        mask["hidden"][layer]["w"][:, :] = m
+        mask["hidden"][layer]["b"][:] = ind[layer]
+    mask["output_heads"][spec.name]["w"][:, :] = 1.0
+    mask["output_heads"][spec.name]["b"][:] = 1.0
+    mask = jax.tree.map(jnp.asarray, mask)
+    opt_state = carry_opt_state(settings, state.opt_state, old, net)
+    return PhaseState(net, opt_state, state.step), new_units, mask
+
+
+def prune_dead_units(state: PhaseState, task: str, new_units, settings: PhaseSettings):
+    """Removes new units whose incoming weights are all zero, top layer first (Alg. 3).
+
+    Returns:
+      ``(state, removed_per_layer)``.
+    """
+    net = state.net
+    spec = resolve_task(net.meta, task)
+    ids = [[net.meta.layers[layer].ids[i] for i in units] for layer, units in enumerate(new_units)]
+    removed = [0] * net.num_layers
+    for layer in range(net.num_layers - 1, -1, -1):
+        where = {uid: i for i, uid in enumerate(net.meta.layers[layer].ids)}
+        positions = np.asarray([where[u] for u in ids[layer]], np.int64)
+        if positions.size == 0:
+            continue
+        if layer == 0:
+            w_in = net.params["input_heads"][spec.input_key]["w"]
+        else:
+            w_in = net.params["hidden"][layer]["w"]
+        cols = np.asarray(jax.device_get(w_in))[:, positions]
+        dead = positions[np.all(cols == 0, axis=0)]
+        if dead.size and dead.size < net.widths[layer]:
+            new_net = remove_units(net, layer, dead)
+            opt_state = carry_opt_state(settings, state.opt_state, net, new_net)
+            state = PhaseState(new_net, opt_state, state.step)
+            net = new_net
+            removed[layer] = int(dead.size)
+    return state, removed
+
+
+# --------------------------------------------------------------------------- split
+
+
+def unit_drift(net: ExpandableNet, prev: Any, drift_mask: Any) -> list[np.ndarray]:
+    """Per layer, the drift ``rho_i = ||w_i^t - w_i^{t-1}||_2`` of every unit (Alg. 4).
+
+    ``w_i`` is unit ``i``'s incoming weights (every input head column for layer 0, a
+    column of ``hidden[l]["w"]`` otherwise) and its bias, restricted to ``drift_mask``
+    (entries older tasks use). Units no older task uses get 0.
+
+    Args:
+      net: current network.
+      prev: ``W^{t-1}`` aligned to ``net`` (``align_tree``).
+      drift_mask: 0/1 pytree like ``net.params``.
+    """
+    p, q, m = (jax.device_get(t) for t in (net.params, prev, drift_mask))
+    sq = [np.asarray(m["hidden"][0]["b"] * (p["hidden"][0]["b"] - q["hidden"][0]["b"]) ** 2)]
+    for key in p["input_heads"]:
+        d = (
+            m["input_heads"][key]["w"]
+            * (p["input_heads"][key]["w"] - q["input_heads"][key]["w"]) ** 2
+        )
+        sq[0] = sq[0] + np.asarray(d).sum(axis=0)
+    for layer in range(1, net.num_layers):
+        hp, hq, hm = p["hidden"][layer], q["hidden"][layer], m["hidden"][layer]
+        col = (hm["w"] * (hp["w"] - hq["w"]) ** 2).sum(axis=0) + hm["b"] * (hp["b"] - hq["b"]) ** 2
+        sq.append(np.asarray(col))
+    return [np.sqrt(s) for s in sq]
+
+
+def choose_split_units(
+    drift: list[np.ndarray], net: ExpandableNet, task_index: int, threshold: float, cap: int
+) -> list[np.ndarray]:
+    """Old units (stamp < task) with drift > ``threshold``, most drifted first, <= ``cap``."""
+    chosen = []
+    for layer, rho in enumerate(drift):
+        stamps = np.asarray(net.meta.layers[layer].stamps)
+        cand = np.flatnonzero((stamps < task_index) & (rho > threshold))
+        order = cand[np.argsort(-rho[cand], kind="stable")][:cap]
+        chosen.append(np.sort(order))
+    return chosen
+
+
+def split_units(
+    state: PhaseState,
+    task: str,
+    chosen: list[np.ndarray],
+    prev_params: Any,
+    prev_net: ExpandableNet,
+    settings: PhaseSettings,
+) -> PhaseState:
+    """Duplicates ``chosen`` units; originals get ``W^{t-1}`` back, copies keep ``W^t``.
+
+    A copy (stamped with the current task, parent id recorded) takes the original's
+    current incoming weights, bias and outgoing weights; the original's incoming weights
+    and bias (the entries older tasks use) are restored from ``prev_params``.
+    """
+    old = state.net
+    net = old
+    for layer, units in enumerate(chosen):
+        if units.size:
+            net = duplicate_units(net, layer, units.tolist(), outgoing="copy")
+    if net is old:
+        return state
+    prev = align_tree(prev_params, prev_net, net)
+    used = old_task_mask(net, task)
+    ind = [np.isin(np.arange(w), u).astype(np.float32) for w, u in zip(net.widths, chosen)]
+    params = jax.tree.map(lambda v: v, net.params)
+
+    def restore(cur, before, m, col):
+        sel = m * col.reshape((1,) * (cur.ndim - 1) + (-1,))
+        return jnp.where(sel != 0, before, cur)
+
+    for key in params["input_heads"]:
+        params["input_heads"][key] = {
+            "w": restore(
+                params["input_heads"][key]["w"],
+                prev["input_heads"][key]["w"],
+                used["input_heads"][key]["w"],
+                jnp.asarray(ind[0]),
+            )
+        }
+    for layer in range(net.num_layers):
+        hp = dict(params["hidden"][layer])
+        col = jnp.asarray(ind[layer])
+        for leaf in hp:
+            hp[leaf] = restore(
+                hp[leaf], prev["hidden"][layer][leaf], used["hidden"][layer][leaf], col
+            )
+        params["hidden"][layer] = hp
+    net = net.replace(params=params)
+    opt_state = carry_opt_state(settings, state.opt_state, old, net)
+    return PhaseState(net, opt_state, state.step)
