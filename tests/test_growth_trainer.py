@@ -1,0 +1,213 @@
+"""The growth trainer: growth mid-training, NaN handling, checkpoint resume, continual data."""
+
+import tempfile
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl.testing import absltest, parameterized
+
+import den_jax as dj
+from den_jax import growth as g
+
+
+def blobs(n=96, d=6, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(classes, d)) * 4.0
+    y = rng.integers(0, classes, n)
+    return (centers[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+def linear(n=96, d=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x, (x @ rng.normal(size=(d,)) + 0.5).astype(np.float32)
+
+
+def every_epoch(actions):
+    return g.FunctionStrategy(
+        should_grow_fn=lambda m, s, e: (e in (0, 1), "scripted"),
+        growth_action_fn=lambda m, s: actions(m),
+    )
+
+
+GROW = every_epoch(
+    lambda m: [g.GrowthAction("width", 0, 2), g.GrowthAction("depth", 2)][
+        : 1 + (len(m["widths"]) == 2)
+    ]
+)
+
+
+ONCE = g.FunctionStrategy(
+    should_grow_fn=lambda m, s, e: (s["growths"] == 0, "first epoch"),
+    growth_action_fn=lambda m, s: g.GrowthAction("width", 0, 3),
+)
+
+
+class TrainerTest(parameterized.TestCase):
+    def test_classification_grows_and_keeps_training(self):
+        x, y = blobs()
+        cfg = g.TrainerConfig(learning_rate=1e-2, batch_size=16)
+        s0 = g.init_state(cfg, jax.random.PRNGKey(1), 6, 3, (4, 4))
+        before = g.evaluate(s0, cfg, x, y)
+        s = g.train(s0, cfg, x, y, 4, strategy=GROW, enable_growth=True)
+        # Epoch 0: +2 units in layer 0 and a new top layer; epoch 1: +2 units in layer 0.
+        self.assertEqual(s.net.widths, (8, 4, 4))
+        self.assertEqual(
+            [(e.epoch, e.kind, e.layer, e.units) for e in s.history.events],
+            [(0, "width", 0, 2), (0, "depth", 2, 4), (1, "width", 0, 2)],
+        )
+        ev = s.history.events[0]
+        self.assertEqual(ev.params_after - ev.params_before, 2 * 6 + 2 + 2 * 4)
+        self.assertEqual(s.step, 4 * (96 // 16))
+        self.assertEqual(int(s.opt_state[0].count), s.step)  # Adam kept counting
+        chex.assert_trees_all_equal_shapes(s.opt_state, g.make_optimizer(cfg).init(s.net.params))
+        after = g.evaluate(s, cfg, x, y)
+        self.assertLess(after["loss"], before["loss"])
+        self.assertGreater(after["accuracy"], 0.8)
+        self.assertEqual(g.predict(s, cfg, x).shape, (96,))
+
+    def test_growth_does_not_change_outputs_at_the_moment_of_growth(self):
+        x, y = blobs()
+        cfg = g.TrainerConfig(learning_rate=1e-2, batch_size=16)
+        s = g.train(g.init_state(cfg, jax.random.PRNGKey(1), 6, 3, (4, 4)), cfg, x, y, 1)
+        grown = g.train(s, cfg, x, y, 0)  # no epochs: unchanged
+        self.assertIs(grown.net, s.net)
+        net2, _ = g.apply_actions(
+            s.net,
+            jax.random.PRNGKey(0),
+            [g.GrowthAction("width", 1, 4), g.GrowthAction("depth", 1)],
+        )
+        chex.assert_trees_all_close(
+            dj.apply(net2, x, "main"), dj.apply(s.net, x, "main"), atol=1e-5
+        )
+
+    @parameterized.parameters("adam", "sgd", "rmsprop", "optax")
+    def test_regression_optimizers_and_custom_loss(self, name):
+        x, y = linear()
+        opt = optax.adam(1e-2) if name == "optax" else name
+        huber = lambda out, t: optax.huber_loss(out, t).mean()  # noqa: E731
+        cfg = g.TrainerConfig(
+            problem="regression",
+            optimizer=opt,
+            learning_rate=1e-2,
+            batch_size=32,
+            loss_fn=huber if name == "sgd" else None,
+        )
+        s0 = g.init_state(cfg, jax.random.PRNGKey(0), 4, 1, (4,))
+        s = g.train(s0, cfg, x, y, 8)
+        m0, m = g.evaluate(s0, cfg, x, y), g.evaluate(s, cfg, x, y)
+        self.assertLess(m["mse"], m0["mse"])
+        self.assertEqual(set(m), {"loss", "mse", "mae", "r2"})
+        self.assertEqual(g.predict(s, cfg, x).shape, (96, 1))
+
+    def test_dropout_trains(self):
+        x, y = blobs()
+        cfg = g.TrainerConfig(learning_rate=1e-2, batch_size=16, dropout=0.3)
+        s = g.train(g.init_state(cfg, jax.random.PRNGKey(1), 6, 3, (8,)), cfg, x, y, 5)
+        self.assertGreater(g.evaluate(s, cfg, x, y)["accuracy"], 0.7)
+
+    def test_nan_loss_stops_with_last_good_state(self):
+        x, y = linear()
+        cfg = g.TrainerConfig(problem="regression", batch_size=32)
+        s = g.train(g.init_state(cfg, jax.random.PRNGKey(0), 4, 1, (4,)), cfg, x, y, 2)
+        bad = g.TrainerConfig(
+            problem="regression", batch_size=32, loss_fn=lambda out, t: jnp.mean(jnp.log(out - 1e6))
+        )
+        out = g.train(s, bad, x, y, 3)
+        self.assertIn("non-finite training loss", out.history.stopped)
+        self.assertEqual(out.epoch, 2)
+        chex.assert_trees_all_equal(out.net.params, s.net.params)
+        with self.assertRaises(FloatingPointError):
+            g.train(
+                s,
+                g.TrainerConfig(
+                    problem="regression", batch_size=32, nan_policy="raise", loss_fn=bad.loss_fn
+                ),
+                x,
+                y,
+                1,
+            )
+
+    def test_checkpoint_resume_continues_the_same_run(self):
+        x, y = blobs()
+        cfg = g.TrainerConfig(learning_rate=1e-2, batch_size=16)
+        strategy = g.LossPlateau(patience=1, cooldown=0, min_delta=10.0, max_units_per_growth=2)
+        s0 = g.init_state(cfg, jax.random.PRNGKey(1), 6, 3, (4, 4))
+        straight = g.train(s0, cfg, x, y, 4, strategy=strategy, enable_growth=True)
+        d = tempfile.mkdtemp()
+        half = g.train(
+            s0,
+            cfg,
+            x,
+            y,
+            2,
+            strategy=strategy,
+            enable_growth=True,
+            checkpoint_dir=d,
+            checkpoint_every=2,
+        )
+        restored = g.restore_checkpoint(d, cfg)
+        self.assertEqual(restored.history, half.history)
+        self.assertEqual(restored.strategy_state, half.strategy_state)
+        self.assertEqual(type(restored.opt_state[0]).__name__, "ScaleByAdamState")
+        resumed = g.train(restored, cfg, x, y, 2, strategy=strategy, enable_growth=True)
+        self.assertEqual(resumed.net.widths, straight.net.widths)
+        self.assertEqual(resumed.history.events, straight.history.events)
+        self.assertEqual(len(resumed.history.epochs), 4)
+        chex.assert_trees_all_close(resumed.net.params, straight.net.params, atol=1e-5)
+        for a, b in zip(resumed.history.epochs, straight.history.epochs):
+            np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+        with self.assertRaisesRegex(ValueError, "learning_rate"):
+            g.restore_checkpoint(d, g.TrainerConfig(learning_rate=0.5, batch_size=16))
+
+    def test_continual_learning_same_head_and_new_task(self):
+        x, y = blobs(seed=0)
+        cfg = g.TrainerConfig(learning_rate=1e-2, batch_size=16)
+        s = g.train(g.init_state(cfg, jax.random.PRNGKey(1), 6, 3, (4,)), cfg, x, y, 3)
+        x2, y2 = blobs(seed=1)
+        s2 = g.continual_learning(s, cfg, x2, y2, 2)
+        self.assertEqual(s2.task, "main")
+        self.assertEqual(s2.epoch, 5)
+        x3, y3 = blobs(seed=2, classes=5)
+        with self.assertRaisesRegex(ValueError, "labels must lie in 0..2"):
+            g.continual_learning(s2, cfg, x3, y3, 1)
+        old_logits = dj.apply(s2.net, x, "main")
+        s3 = g.continual_learning(
+            s2, cfg, x3, y3, 2, new_task="five", strategy=ONCE, enable_growth=True
+        )
+        self.assertEqual(s3.task, "five")
+        self.assertEqual(s3.net.task("five").output_dim, 5)
+        # The old head is frozen; old task sees none of the units grown for the new task.
+        head3, head2 = s3.net.params["output_heads"]["main"], s2.net.params["output_heads"]["main"]
+        np.testing.assert_array_equal(head3["w"][:4], head2["w"])
+        np.testing.assert_array_equal(head3["w"][4:], 0.0)  # rows of the new units
+        np.testing.assert_array_equal(head3["b"], head2["b"])
+        self.assertEqual(dj.task_widths(s3.net, "main")[0], 4)
+        self.assertEqual(s3.net.widths[0], 7)
+        self.assertEqual(s3.net.meta.layers[0].stamps, (0,) * 4 + (1,) * 3)
+        self.assertEqual(g.evaluate(s3, cfg, x, y, task="main").keys(), {"loss", "accuracy"})
+        self.assertEqual(old_logits.shape, (96, 3))
+
+    def test_bad_input(self):
+        x, y = blobs()
+        cfg = g.TrainerConfig()
+        s = g.init_state(cfg, jax.random.PRNGKey(0), 6, 3, (4,))
+        with self.assertRaisesRegex(ValueError, r"shape \[N, 6\]"):
+            g.train(s, cfg, x[:, :5], y, 1)
+        with self.assertRaisesRegex(ValueError, "NaN"):
+            g.train(s, cfg, np.full_like(x, np.nan), y, 1)
+        with self.assertRaisesRegex(ValueError, "epochs"):
+            g.train(s, cfg, x, y, -1)
+        with self.assertRaisesRegex(ValueError, "optimizer"):
+            g.TrainerConfig(optimizer="adagrad-ish")
+        with self.assertRaisesRegex(ValueError, "dropout"):
+            g.TrainerConfig(dropout=1.0)
+        with self.assertRaisesRegex(ValueError, "strategy"):
+            g.train(s, cfg, x, y, 1, strategy=object(), enable_growth=True)
+
+
+if __name__ == "__main__":
+    absltest.main()
