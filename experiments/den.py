@@ -156,30 +156,34 @@ def evaluate_task(net: dj.ExpandableNet, task_name: str, x, y) -> tuple[float, f
 
 
 def _report_summary(report: dict) -> dict:
-    """Flattens a learner report into the per-task summary fields (JSON-friendly)."""
+    """Flattens a learner report into the per-task summary fields (JSON-friendly).
 
-    def total(*keys):
-        out = 0
-        for k in keys:
-            if isinstance(report.get(k), (int, float)):
-                out += report[k]
-        for ph in (
-            report.get("phases", {}).values() if isinstance(report.get("phases"), dict) else []
-        ):
-            for k in keys:
-                v = ph.get(k) if isinstance(ph, dict) else None
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    out += v
-        return out
+    Baselines report ``units_added``/``split``/``pruned`` at the top level; DEN reports
+    per phase (``phases.expansion.added``/``pruned`` and ``phases.split.split``, lists
+    per layer), which are summed.
+    """
 
-    loss = report.get("loss", report.get("final_loss"))
-    return {
-        "phase": report.get("phase", report.get("last_phase", "")),
-        "loss": None if loss is None else float(loss),
-        "units_added": int(total("units_added")),
-        "split": int(total("split", "units_split")),
-        "pruned": int(total("pruned", "units_pruned")),
-    }
+    def count(v) -> int:
+        if isinstance(v, bool):
+            return 0
+        if isinstance(v, (int, float, np.integer)):
+            return int(v)
+        if isinstance(v, (list, tuple)):
+            return sum(count(x) for x in v)
+        return 0
+
+    phases = report.get("phases") if isinstance(report.get("phases"), dict) else {}
+    fields = {"units_added": ("units_added", "added"), "split": ("split",), "pruned": ("pruned",)}
+    out = {}
+    for field, keys in fields.items():
+        n = sum(count(report.get(k)) for k in keys if k in report)
+        for ph in phases.values():
+            if isinstance(ph, dict):
+                n += sum(count(ph.get(k)) for k in keys if k in ph)
+        out[field] = n
+    loss = report.get("loss", report.get("final_task_loss"))
+    phase = report.get("phase") or "+".join(k for k, v in phases.items() if v)
+    return {"phase": phase, "loss": None if loss is None else float(loss), **out}
 
 
 def _jsonable(x):
@@ -431,7 +435,7 @@ def run(args: argparse.Namespace) -> dict:
     os.makedirs(args.out, exist_ok=True)
     results_path = os.path.join(args.out, "results.json")
     results: dict = {}
-    if args.resume and os.path.isfile(results_path):
+    if os.path.isfile(results_path):  # keep other methods' results (runs may be split)
         with open(results_path) as f:
             results = json.load(f)
     results.update(

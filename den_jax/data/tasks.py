@@ -409,16 +409,19 @@ def npz_stream(
     if not os.path.isfile(path):
         raise ValueError(f"npz file {path!r} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data]
-            if missing:
-                raise ValueError(
-                    f"npz file {path!r} lacks key(s) {missing}; it must hold x_train, y_train, "
-                    f"x_test, y_test (found {sorted(data.files)})"
-                )
-            arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except (OSError, EOFError) as err:  # not a zip archive, truncated, ...
+        data = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as err:  # not a zip archive, truncated, pickle
         raise ValueError(f"cannot read npz file {path!r}: {err}") from err
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path!r} is a single .npy array, not an .npz archive")
+    with data:
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data]
+        if missing:
+            raise ValueError(
+                f"npz file {path!r} lacks key(s) {missing}; it must hold x_train, y_train, "
+                f"x_test, y_test (found {sorted(data.files)})"
+            )
+        arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     x_tr, x_te = (
         _as_features(arrays["x_train"], "x_train"),
         _as_features(arrays["x_test"], "x_test"),
