@@ -1,0 +1,105 @@
+"""CIFAR-100 without TensorFlow.
+
+Three sources, all returning ``(uint8 [N, 32, 32, 3], int64 [N] fine labels)``:
+
+* :func:`load_cifar100` reads the official ``cifar-100-python.tar.gz`` (or its
+  extracted ``cifar-100-python/`` folder) from a user-given directory;
+* :func:`download_cifar100` fetches that archive (needs network; MD5 checked);
+* :func:`load_tfds` reads an already prepared tensorflow-datasets directory
+  (array_record) with ``tfds.data_source``, which needs no TensorFlow. The
+  stock ``cifar100`` builder needs TensorFlow to *prepare*, hence the NumPy
+  reader as the default path. tfds is imported lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import tarfile
+import urllib.request
+
+import numpy as np
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+ARCHIVE = "cifar-100-python.tar.gz"
+MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+_SPLITS = ("train", "test")
+
+_log = logging.getLogger(__name__)
+
+
+def _decode(blob: dict) -> tuple[np.ndarray, np.ndarray]:
+    data = np.asarray(blob[b"data"] if b"data" in blob else blob["data"], np.uint8)
+    labels = blob[b"fine_labels"] if b"fine_labels" in blob else blob["fine_labels"]
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), np.asarray(labels, np.int64)
+
+
+def load_cifar100(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a CIFAR-100 split from the official python-pickle release.
+
+    Args:
+      data_dir: directory holding ``cifar-100-python.tar.gz`` or the extracted
+        ``cifar-100-python/`` folder (with ``train`` and ``test`` files).
+      split: ``"train"`` (50,000 images) or ``"test"`` (10,000).
+
+    Returns:
+      ``(images uint8 [N, 32, 32, 3], fine labels int64 [N])``.
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+    folder = os.path.join(data_dir, "cifar-100-python", split)
+    if os.path.exists(folder):
+        with open(folder, "rb") as f:
+            return _decode(pickle.load(f, encoding="bytes"))
+    archive = os.path.join(data_dir, ARCHIVE)
+    if os.path.exists(archive):
+        with tarfile.open(archive, "r:gz") as tar:
+            member = tar.extractfile(f"cifar-100-python/{split}")
+            if member is None:
+                raise ValueError(f"{archive} has no cifar-100-python/{split}")
+            return _decode(pickle.load(member, encoding="bytes"))
+    raise ValueError(
+        f"no CIFAR-100 in {data_dir!r}: expected {ARCHIVE} or cifar-100-python/{split} "
+        f"(get the archive from {URL}, or pass --download when online)"
+    )
+
+
+def download_cifar100(data_dir: str) -> str:
+    """Downloads the official archive into ``data_dir`` (MD5-checked); returns its path."""
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, ARCHIVE)
+    if not os.path.exists(path):
+        _log.info("downloading %s to %s", URL, path)
+        tmp = path + ".part"
+        urllib.request.urlretrieve(URL, tmp)
+        os.replace(tmp, path)
+    with open(path, "rb") as f:
+        digest = hashlib.md5(f.read()).hexdigest()
+    if digest != MD5:
+        raise ValueError(f"{path}: MD5 {digest} != expected {MD5}; delete it and retry")
+    return path
+
+
+def load_tfds(name: str, split: str, data_dir: str | None = None):
+    """Reads a prepared tfds dataset (array_record) without TensorFlow.
+
+    Args:
+      name: tfds name, e.g. ``"cifar100"``.
+      split: ``"train"`` or ``"test"``.
+      data_dir: tfds data directory (None = tfds default).
+
+    Returns:
+      ``(images uint8 [N, H, W, C], labels int64 [N])``.
+    """
+    import tensorflow_datasets as tfds  # lazy: heavy import, never needed otherwise
+
+    source = tfds.data_source(name, split=split, data_dir=data_dir)
+    n = len(source)
+    if n == 0:
+        raise ValueError(f"tfds {name}/{split} in {data_dir!r} is empty")
+    images = np.stack([np.asarray(source[i]["image"], np.uint8) for i in range(n)])
+    labels = np.asarray([int(source[i]["label"]) for i in range(n)], np.int64)
+    return images, labels
