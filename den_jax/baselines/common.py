@@ -169,7 +169,7 @@ def train_task(
 
     Returns:
       ``(net, report)`` with ``report = {"steps", "loss_first", "loss_last"}`` (mean loss
-      over the first and last 100 steps).
+      over the first and last quarter of the steps, at most 100 each).
     """
     x, y = train
     batch = min(cfg.batch_size, int(np.shape(x)[0]))
@@ -190,7 +190,7 @@ def train_task(
         loss_aux=aux,
     )
     losses = np.asarray(losses)
-    w = min(100, len(losses))
+    w = max(1, min(100, len(losses) // 4))
     report = {
         "steps": int(cfg.steps),
         "loss_first": float(losses[:w].mean()),
