@@ -29,13 +29,14 @@ from den_jax.growth import visualize
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="3 epochs per stage (smoke test)")
+    p.add_argument("--quick", action="store_true", help="2 chunks, 2 epochs per stage (smoke test)")
     p.add_argument("--out", default=None, help="directory for JSON and PNGs")
     p.add_argument("--epochs", type=int, default=30, help="epochs per stage")
     p.add_argument("--chunks", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    epochs = 3 if args.quick else args.epochs
+    epochs = 2 if args.quick else args.epochs
+    n_chunks = 2 if args.quick else args.chunks
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     x_tr, x_te, y_tr, y_te = train_test_split(
@@ -49,7 +50,7 @@ def main(argv=None) -> dict:
         max_units_per_growth=16,
         max_network_size=160,
     )
-    chunks = np.array_split(np.random.default_rng(args.seed).permutation(len(x_tr)), args.chunks)
+    chunks = np.array_split(np.random.default_rng(args.seed).permutation(len(x_tr)), n_chunks)
     state = g.init_state(cfg, jax.random.PRNGKey(args.seed), 64, 10, (8, 8))
     stages = []
     for i, idx in enumerate(chunks):
@@ -94,7 +95,7 @@ def main(argv=None) -> dict:
         visualize.plot_history(
             state.history,
             os.path.join(args.out, "growth_continual_history.png"),
-            title="digits stream (3 chunks, then parity task)",
+            title=f"digits stream ({n_chunks} chunks, then parity task)",
         )
         with open(os.path.join(args.out, "growth_continual.json"), "w") as f:
             json.dump(report, f, indent=1)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 import den_jax as dj
 from den_jax.growth import GrowthAction, apply_actions, grow_width, insert_layer
 
-SETTINGS = settings(max_examples=12, deadline=None)
+SETTINGS = settings(max_examples=8, deadline=None)
 
 
 def _net(seed, widths, d_in=5, d_out=3, activation="relu", tasks=1):
@@ -55,7 +55,7 @@ class GrowthPreservesFunctionTest(chex.TestCase):
         self.assertLen(set(i for layer in grown.meta.layers for i in layer.ids), sum(grown.widths))
         chex.assert_trees_all_close(dj.apply(grown, x, "t0"), dj.apply(net, x, "t0"), atol=1e-5)
 
-    @SETTINGS
+    @settings(max_examples=4, deadline=None)
     @given(net_shapes, st.integers(1, 4))
     def test_depth_growth_keeps_every_task(self, shape, units):
         seed, widths = shape

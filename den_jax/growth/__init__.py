@@ -7,6 +7,7 @@ history, plots and layer importance. See ``docs/growth.md``.
 """
 
 from den_jax.growth.checkpointing import restore_checkpoint, save_checkpoint
+from den_jax.growth.growth_trainer import GrowthTrainer
 from den_jax.growth.history import GrowthEvent, History, growth_summary
 from den_jax.growth.ops import (
     IDENTITY_SAFE_ACTIVATIONS,
@@ -46,6 +47,7 @@ __all__ = [
     "GrowthDecision",
     "GrowthEvent",
     "GrowthStrategy",
+    "GrowthTrainer",
     "History",
     "LossPlateau",
     "TrainState",
