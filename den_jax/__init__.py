@@ -5,6 +5,7 @@ from den_jax.capacity import (
     capacity_report,
     count_active_units,
     count_params,
+    count_stored_params,
     index_map,
     unit_table,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "capacity_report",
     "count_active_units",
     "count_params",
+    "count_stored_params",
     "duplicate_units",
     "grow_opt_state",
     "hidden_features",

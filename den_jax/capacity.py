@@ -46,10 +46,36 @@ def _size(tree) -> int:
 
 
 def count_params(net: ExpandableNet, task: int | str | None = None) -> int:
-    """Number of parameters: all of them (``task=None``) or those ``task``'s forward uses."""
-    if task is None:
-        return _size(net.params)
-    return _size(task_params(net, task))
+    """Number of parameters that take part in some forward pass.
+
+    Args:
+      net: the network.
+      task: ``None`` counts the parameters used by at least one task (the network's
+        capacity); a task counts those its own forward pass uses.
+
+    A task's own input head holds a column for every unit of layer 0, and every output
+    head a row for every unit of the last layer, including units added after that task,
+    which it never uses (timestamped inference); those entries are not counted. Use
+    :func:`count_stored_params` for the number of stored entries.
+    """
+    if task is not None:
+        return _size(task_params(net, task))
+    if not net.meta.tasks:
+        return count_stored_params(net)
+    total = _size(net.params["hidden"])
+    if "shared" in net.params["input_heads"]:
+        total += _size(net.params["input_heads"]["shared"])
+    for spec in net.meta.tasks:
+        n = task_widths(net, spec.name)
+        if spec.input_key != "shared":
+            total += spec.input_dim * n[0]
+        total += n[-1] * spec.output_dim + spec.output_dim
+    return int(total)
+
+
+def count_stored_params(net: ExpandableNet) -> int:
+    """Number of stored parameter entries (every leaf of ``net.params``)."""
+    return _size(net.params)
 
 
 def count_active_units(net: ExpandableNet, task: int | str | None = None) -> list[int]:
@@ -63,6 +89,7 @@ def capacity_report(net: ExpandableNet) -> dict[str, Any]:
     """Parameters and units in total and per task (JSON-serialisable)."""
     return {
         "params": count_params(net),
+        "stored_params": count_stored_params(net),
         "units": count_active_units(net),
         "per_task": {
             name: {"params": count_params(net, name), "units": count_active_units(net, name)}

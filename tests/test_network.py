@@ -100,6 +100,14 @@ class CountingTest(absltest.TestCase):
         self.assertEqual(dj.count_params(grown, "b"), 42 + 6 + 6 * 7 + 7 + 7 * 2 + 2)
         self.assertEqual(dj.count_active_units(grown), [6, 7])
         self.assertEqual(dj.count_active_units(grown, "a"), [6, 5])
+        # layer 1 grew: head a's two new rows are never used by task a
+        self.assertEqual(
+            dj.count_stored_params(grown), dj.count_params(net) + 2 * 6 + 2 + 2 * 3 + 2 * 2
+        )
+        self.assertEqual(dj.count_params(grown), dj.count_stored_params(grown) - 2 * 3)
+        grown0 = dj.add_units(net, jax.random.PRNGKey(0), 0, 1)
+        # task b's own head gains a used column; the shared layer's new column counts too
+        self.assertEqual(dj.count_params(grown0), dj.count_params(net) + 4 + 7 + 1 + 5)
         report = dj.capacity_report(grown)
         self.assertEqual(report["per_task"]["b"]["units"], [6, 7])
 
