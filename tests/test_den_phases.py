@@ -7,6 +7,7 @@ import numpy as np
 import optax
 
 import den_jax as dj
+from den_jax import den
 from den_jax.den import DENConfig, make_settings, phases
 from den_jax.den.phases import PhaseState
 
@@ -204,4 +205,40 @@ class OptStatePolicyTest(chex.TestCase):
         onehot = jax.nn.one_hot(y, 2)
         np.testing.assert_allclose(
             phases.sigmoid_ce(logits, y), optax.sigmoid_binary_cross_entropy(logits, onehot).mean()
+        )
+
+
+class SelectiveMaskTest(chex.TestCase):
+    def test_unselected_weights_bit_identical_under_adamw_and_prox(self):
+        net = _two_task_net(widths=(4, 3), d_in=2)
+        p = jax.tree.map(lambda v: v, net.params)
+        # Head of task b uses top units 0 and 1 only -> unit 2 and what feeds only it is frozen.
+        p["output_heads"]["b"] = {
+            **p["output_heads"]["b"],
+            "w": p["output_heads"]["b"]["w"].at[2].set(0.0),
+        }
+        net = net.replace(params=p)
+        sel = den.select_subnetwork(net, "b")
+        settings = make_settings(
+            DENConfig(batch_size=4, l1_lambda=10.0),
+            optimizer_factory=lambda s: optax.adamw(s, weight_decay=0.5),
+        )
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 2)), jnp.float32)
+        y = jnp.asarray([0, 1] * 4)
+        out, _ = phases.train_phase(
+            PhaseState(net, None, 0), jax.random.key(0), "b", (x, y), settings, num_steps=5,
+            update_mask=sel.masks, prox=phases.make_l1_prox(settings),
+            prev=net.params, drift_mask=phases.old_task_mask(net, "b"),
+        )  # fmt: skip
+        before = jax.tree.leaves(net.params)
+        after = jax.tree.leaves(out.net.params)
+        masks = jax.tree.leaves(sel.masks)
+        changed_somewhere = False
+        for b, a, m in zip(before, after, masks):
+            b, a, m = np.asarray(b), np.asarray(a), np.asarray(m)
+            np.testing.assert_array_equal(a[m == 0], b[m == 0])
+            changed_somewhere |= bool(np.any(a[m != 0] != b[m != 0]))
+        self.assertTrue(changed_somewhere)
+        np.testing.assert_array_equal(
+            out.net.params["hidden"][1]["w"][:, 2], net.params["hidden"][1]["w"][:, 2]
         )
