@@ -1,10 +1,11 @@
 """A generic, jit-compiled training loop on in-memory arrays.
 
-:func:`train_steps` runs ``num_steps`` optimizer steps on a params pytree in one compiled
-``lax.scan``: the data stay on the device, mini-batches are drawn on the device (a fresh
-permutation of the dataset per epoch, as in the usual "shuffle every epoch" loop), and
-nothing returns to the host until the end. Three hooks make it usable for masked and
-sparse training (DEN, PackNet-style freezing, L2/EWC baselines):
+:func:`train_steps` runs ``num_steps`` optimizer steps on a params pytree in compiled
+``lax.scan`` chunks: the data stay on the device, mini-batches are drawn on the device (a
+fresh permutation of the dataset per epoch, as in the usual "shuffle every epoch" loop),
+and the host only dispatches one call per chunk (asynchronously; no per-step round
+trip). Three hooks make it usable for masked and sparse training (DEN, PackNet-style
+freezing, L2/EWC baselines):
 
 * ``loss_fn(params, x_batch, y_batch) -> scalar`` (or ``loss_fn(params, x_batch,
   y_batch, loss_aux)`` when ``loss_aux`` is given): penalties such as a drift or EWC term
@@ -16,9 +17,11 @@ sparse training (DEN, PackNet-style freezing, L2/EWC baselines):
 * ``prox(params, lr) -> params``: a proximal step applied after each update (L1 soft
   threshold, group lasso), with ``lr`` the learning rate of that step.
 
-Compilation: the compiled loop is cached on the identity of ``tx``, ``loss_fn``,
-``prox`` and ``learning_rate`` plus every static size, so calling :func:`train_steps`
-again with the same objects and shapes does not recompile; new closures recompile once.
+Compilation: the loop runs in compiled chunks of ``chunk_size`` steps (a ``lax.scan``;
+one host dispatch per chunk). The compiled chunk is cached on the identity of ``tx``,
+``loss_fn``, ``prox`` and ``learning_rate`` plus the shapes and ``chunk_size``, *not* on
+``num_steps``: calling :func:`train_steps` again with the same objects and shapes, for any
+number of steps, does not recompile; new closures recompile once.
 
 Example::
 
@@ -84,38 +87,43 @@ def _call_loss(loss_fn: LossFn, params, xb, yb, loss_aux, has_aux: bool):
         "loss_fn",
         "prox",
         "learning_rate",
-        "num_steps",
+        "chunk_size",
         "batch_size",
         "has_mask",
         "has_aux",
     ),
+    donate_argnames=("params", "opt_state", "perm"),
 )
-def _train_scan(
+def _train_chunk(
     params,
     opt_state,
+    perm,
     x,
     y,
     key,
     update_mask,
     loss_aux,
+    first_step,
+    num_active,
     step_offset,
     *,
     tx,
     loss_fn,
     prox,
     learning_rate,
-    num_steps,
+    chunk_size,
     batch_size,
     has_mask,
     has_aux,
 ):
+    """Steps ``first_step .. first_step + chunk_size - 1``; steps >= ``num_active`` are no-ops."""
     n = x.shape[0]
     steps_per_epoch = max(n // batch_size, 1)
     grad_fn = jax.value_and_grad(
         lambda p, xb, yb: _call_loss(loss_fn, p, xb, yb, loss_aux, has_aux)
     )
 
-    def step(carry, i):
+    def one_step(carry, i):
         params, opt_state, perm = carry
         pos = i % steps_per_epoch
         perm = jax.lax.cond(
@@ -135,11 +143,18 @@ def _train_scan(
             )
         return (new_params, opt_state, perm), loss
 
-    perm0 = jnp.arange(n, dtype=jnp.int32)
-    (params, opt_state, _), losses = jax.lax.scan(
-        step, (params, opt_state, perm0), jnp.arange(num_steps, dtype=jnp.int32)
+    def step(carry, j):
+        return jax.lax.cond(
+            j < num_active,
+            lambda c: one_step(c, first_step + j),
+            lambda c: (c, jnp.zeros((), jnp.float32)),
+            carry,
+        )
+
+    (params, opt_state, perm), losses = jax.lax.scan(
+        step, (params, opt_state, perm), jnp.arange(chunk_size, dtype=jnp.int32)
     )
-    return params, opt_state, losses
+    return params, opt_state, perm, losses
 
 
 def train_steps(
@@ -158,8 +173,9 @@ def train_steps(
     learning_rate: LearningRate | None = None,
     loss_aux: Any | None = None,
     step_offset: int = 0,
+    chunk_size: int = 100,
 ) -> tuple[Any, Any, jax.Array]:
-    """Runs ``num_steps`` steps of mini-batch training in one compiled loop.
+    """Runs ``num_steps`` steps of mini-batch training in compiled chunks.
 
     Each step: draw a batch (a fresh on-device permutation per epoch of
     ``len(x) // batch_size`` steps), compute ``loss_fn`` and its gradient, apply
@@ -184,6 +200,8 @@ def train_steps(
         ``step -> lr`` (called with ``step_offset + step``). ``None`` passes 1.0.
       loss_aux: optional pytree of arrays passed as the 4th argument of ``loss_fn``.
       step_offset: added to the step index given to a ``learning_rate`` schedule.
+      chunk_size: steps per compiled call. The step count is a runtime value (the last
+        chunk skips its surplus steps), so phases of different lengths share one compile.
 
     Returns:
       ``(params, opt_state, losses)`` with ``losses`` the per-step training loss,
@@ -209,24 +227,39 @@ def train_steps(
                 f"update_mask must be a pytree shaped like params (0/1 per entry): {err}"
             ) from err
     chex.assert_tree_all_finite(params)
-    return _train_scan(
-        params,
-        opt_state,
-        x,
-        y,
-        key,
-        update_mask,
-        loss_aux,
-        jnp.asarray(step_offset, jnp.int32),
+    chunk_size = _check_int("chunk_size", chunk_size, 1)
+    # Copies, so that buffer donation never invalidates the caller's arrays.
+    params = jax.tree.map(jnp.array, params)
+    opt_state = jax.tree.map(jnp.array, opt_state)
+    perm = jnp.arange(x.shape[0], dtype=jnp.int32)
+    statics = dict(
         tx=tx,
         loss_fn=loss_fn,
         prox=prox,
         learning_rate=learning_rate,
-        num_steps=num_steps,
+        chunk_size=chunk_size,
         batch_size=batch_size,
         has_mask=update_mask is not None,
         has_aux=loss_aux is not None,
     )
+    losses = []
+    for first in range(0, num_steps, chunk_size):
+        params, opt_state, perm, chunk_losses = _train_chunk(
+            params,
+            opt_state,
+            perm,
+            x,
+            y,
+            key,
+            update_mask,
+            loss_aux,
+            jnp.asarray(first, jnp.int32),
+            jnp.asarray(min(chunk_size, num_steps - first), jnp.int32),
+            jnp.asarray(step_offset, jnp.int32),
+            **statics,
+        )
+        losses.append(chunk_losses)
+    return params, opt_state, jnp.concatenate(losses)[:num_steps]
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "batch_size", "has_aux"))

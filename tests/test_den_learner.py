@@ -42,11 +42,20 @@ def _net_with(names, d=6, classes=3, widths=(8, 6)):
 
 
 class LearnerTest(chex.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        # Task a (task-1 phase) is learned once and shared by the tests of task b.
+        cfg = den.config_from_dict(TINY)
+        cls.net_a, cls.report_a = den.learn_task(
+            _net_with(["a"]), jax.random.key(1), "a", _task(0), None, cfg
+        )
+
     def test_two_tasks_report_and_growth(self):
         cfg = den.config_from_dict({**TINY, "expansion_threshold": 0.0, "drift_threshold": 0.0})
-        net = _net_with(["a"])
-        net, rep_a = den.learn_task(net, jax.random.key(1), "a", _task(0), None, cfg)
-        self.assertIn("task1", rep_a["phases"])
+        net = self.net_a
+        self.assertIn("task1", self.report_a["phases"])
+        self.assertEqual(self.report_a["phases"]["task1"]["steps"], 60)
         net = dj.add_task(net, jax.random.key(2), "b", input_dim=6, output_dim=3)
         net, rep = den.learn_task(net, jax.random.key(3), "b", _task(1), _task(2, n=20), cfg)
         json.dumps(rep)  # JSON-serialisable
@@ -70,8 +79,7 @@ class LearnerTest(chex.TestCase):
         cfg = den.config_from_dict(
             {**TINY, "expansion_threshold": 1e9, "split_when": "after_expansion"}
         )
-        net = _net_with(["a"])
-        net, _ = den.learn_task(net, jax.random.key(1), "a", _task(0), None, cfg)
+        net = self.net_a
         net = dj.add_task(net, jax.random.key(2), "b", input_dim=6, output_dim=3)
         net, rep = den.learn_task(net, jax.random.key(3), "b", _task(1), None, cfg)
         self.assertFalse(rep["phases"]["expansion"]["expanded"])
@@ -92,8 +100,7 @@ class LearnerTest(chex.TestCase):
                 "expansion_threshold": 0.0,
             }
         )
-        net = _net_with(["a"])
-        net, _ = den.learn_task(net, jax.random.key(1), "a", _task(0), None, cfg)
+        net = self.net_a
         x_a = jnp.asarray(_task(5)[0])
         before = np.asarray(dj.apply(net, x_a, "a"))
         net = dj.add_task(net, jax.random.key(2), "b", input_dim=6, output_dim=3)

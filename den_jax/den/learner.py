@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
@@ -68,7 +69,22 @@ def make_settings(
     loss_fn: phases.LogitsLoss | None = None,
     optimizer_factory: OptimizerFactory | None = None,
 ) -> PhaseSettings:
-    """Turns a config (plus optional loss/optimizer overrides) into :class:`PhaseSettings`."""
+    """Turns a config (plus optional loss/optimizer overrides) into :class:`PhaseSettings`.
+
+    Without overrides the result is cached per config, so tasks and phases with the same
+    shapes reuse compiled training loops.
+    """
+    if loss_fn is None and optimizer_factory is None:
+        return _default_settings(cfg)
+    return _build_settings(cfg, loss_fn, optimizer_factory)
+
+
+@functools.lru_cache(maxsize=8)
+def _default_settings(cfg: DENConfig) -> PhaseSettings:
+    return _build_settings(cfg, None, None)
+
+
+def _build_settings(cfg: DENConfig, loss_fn, optimizer_factory) -> PhaseSettings:
     schedule = lr_schedule(cfg)
     if loss_fn is None:
         loss_fn = phases.softmax_ce if cfg.loss == "softmax_ce" else phases.sigmoid_ce
@@ -186,10 +202,9 @@ def _learn_later_task(state, keys, spec, train, valid, cfg, settings, report) ->
     prev_params = state.net.params  # W^{t-1} (the task's fresh head included, unused)
 
     # 1. Sparse output head (Eq. 3): only the task's head is trainable.
-    head_mask = jax.tree.map(jnp.zeros_like, state.net.params)
-    head_mask["output_heads"][name] = jax.tree.map(
-        jnp.ones_like, state.net.params["output_heads"][name]
-    )
+    head_mask = jax.tree.map(lambda v: np.zeros(v.shape, np.float32), state.net.params)
+    head_mask["output_heads"][name] = jax.tree.map(np.ones_like, head_mask["output_heads"][name])
+    head_mask = jax.tree.map(jnp.asarray, head_mask)
     state, stats = phases.train_phase(
         state,
         next(keys),
@@ -297,7 +312,9 @@ def _learn_later_task(state, keys, spec, train, valid, cfg, settings, report) ->
             retrain_mask = phases.task_mask(state.net, name)
         else:
             retrain_mask = jax.tree.map(
-                lambda m, d: m * (1 - d), phases.task_mask(state.net, name), drift_mask
+                lambda m, d: jnp.asarray(np.asarray(m) * (1 - np.asarray(d))),
+                phases.task_mask(state.net, name),
+                drift_mask,
             )
         state, stats = phases.train_phase(
             state,

@@ -16,6 +16,7 @@ Objective of every phase (paper equation numbers from Yoon et al., ICLR 2018)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -28,7 +29,7 @@ import optax
 from den_jax.align import align_tree, grow_opt_state
 from den_jax.den.proximal import prox_group_lasso_columns, prox_l1
 from den_jax.den.selection import subnetwork_masks
-from den_jax.network import ExpandableNet, apply, resolve_task, task_widths
+from den_jax.network import ExpandableNet, NetMeta, apply, resolve_task, task_widths
 from den_jax.surgery import add_units_all, duplicate_units, remove_units
 from den_jax.training import evaluate_loss, train_steps
 
@@ -116,15 +117,15 @@ def task_mask(net: ExpandableNet, task: int | str) -> Any:
 def old_task_mask(net: ExpandableNet, task: int | str) -> Any:
     """0/1 mask of the hidden-layer and input-head weights any task before ``task`` uses.
 
-    Output heads are excluded (older heads are never trained by later tasks).
+    Output heads are excluded (older heads are never trained by later tasks). Built on
+    the host (NumPy), then moved to the device.
     """
     spec = resolve_task(net.meta, task)
-    zeros = jax.tree.map(jnp.zeros_like, net.params)
-    union = zeros
+    union = jax.tree.map(lambda v: np.zeros(v.shape, np.float32), net.params)
     for j in range(spec.index):
-        union = jax.tree.map(jnp.maximum, union, task_mask(net, j))
-    union["output_heads"] = zeros["output_heads"]
-    return union
+        union = jax.tree.map(np.maximum, union, jax.device_get(task_mask(net, j)))
+    union["output_heads"] = jax.tree.map(np.zeros_like, union["output_heads"])
+    return jax.tree.map(jnp.asarray, union)
 
 
 def new_unit_indices(net: ExpandableNet, first_new_id: int) -> list[np.ndarray]:
@@ -136,8 +137,12 @@ def _threshold(settings: PhaseSettings, lam: float, lr):
     return lr * lam if settings.scale_prox_by_lr else jnp.asarray(lam, jnp.float32)
 
 
+@functools.lru_cache(maxsize=32)
 def make_l1_prox(settings: PhaseSettings):
-    """``prox(params, lr)``: L1 soft threshold on every weight matrix (Eq. 2-5's mu term)."""
+    """``prox(params, lr)``: L1 soft threshold on every weight matrix (Eq. 2-5's mu term).
+
+    Cached per ``settings``, so phases that share settings and shapes share one compile.
+    """
     if settings.l1_lambda == 0:
         return None
     lam = settings.l1_lambda
@@ -178,11 +183,12 @@ def make_expansion_prox(settings: PhaseSettings, net: ExpandableNet, task, new_u
     return prox
 
 
-def _loss_fn(net: ExpandableNet, task: str, settings: PhaseSettings):
-    meta_net = net
+@functools.lru_cache(maxsize=32)
+def _loss_fn(meta: NetMeta, task: str, settings: PhaseSettings):
+    """The phase objective for networks with static part ``meta`` (cached: one compile)."""
 
     def loss(params, xb, yb, aux):
-        logits = apply(meta_net.replace(params=params), xb, task)
+        logits = apply(ExpandableNet(params=params, meta=meta), xb, task)
         value = settings.logits_loss(logits, yb)
         if settings.l2_lambda:
             sq = sum(jnp.sum(v * v) for v in jax.tree.leaves(params))
@@ -197,12 +203,17 @@ def _loss_fn(net: ExpandableNet, task: str, settings: PhaseSettings):
     return loss
 
 
+@functools.lru_cache(maxsize=32)
+def _plain_loss(meta: NetMeta, task: str, logits_loss: LogitsLoss):
+    def loss(params, xb, yb):
+        return logits_loss(apply(ExpandableNet(params=params, meta=meta), xb, task), yb)
+
+    return loss
+
+
 def task_loss(net: ExpandableNet, task: str, data, settings: PhaseSettings) -> float:
     """The task loss ``L(W; D)`` (no penalties) over a whole dataset ``data = (x, y)``."""
-
-    def loss(params, xb, yb):
-        return settings.logits_loss(apply(net.replace(params=params), xb, task), yb)
-
+    loss = _plain_loss(net.meta, task, settings.logits_loss)
     return evaluate_loss(loss, net.params, data[0], data[1], batch_size=settings.eval_batch_size)
 
 
@@ -245,7 +256,7 @@ def train_phase(
         opt_state, offset = state.opt_state, state.step
     else:
         opt_state, offset = settings.tx.init(net.params), 0
-    zeros = jax.tree.map(jnp.zeros_like, net.params)
+    zeros = jax.tree.map(lambda v: np.zeros(v.shape, np.float32), net.params)
     aux = {
         "prev": net.params if prev is None else prev,
         "drift_mask": zeros if drift_mask is None else drift_mask,
@@ -255,7 +266,7 @@ def train_phase(
         net.params,
         opt_state,
         tx=settings.tx,
-        loss_fn=_loss_fn(net, task, settings),
+        loss_fn=_loss_fn(net.meta, task, settings),
         x=data[0],
         y=data[1],
         key=key,
@@ -402,14 +413,14 @@ def split_units(
             net = duplicate_units(net, layer, units.tolist(), outgoing="copy")
     if net is old:
         return state
-    prev = align_tree(prev_params, prev_net, net)
-    used = old_task_mask(net, task)
-    ind = [np.isin(np.arange(w), u).astype(np.float32) for w, u in zip(net.widths, chosen)]
-    params = jax.tree.map(lambda v: v, net.params)
+    prev = jax.device_get(align_tree(prev_params, prev_net, net))
+    used = jax.device_get(old_task_mask(net, task))
+    params = jax.tree.map(np.asarray, jax.device_get(net.params))
+    ind = [np.isin(np.arange(w), u) for w, u in zip(net.widths, chosen)]
 
     def restore(cur, before, m, col):
-        sel = m * col.reshape((1,) * (cur.ndim - 1) + (-1,))
-        return jnp.where(sel != 0, before, cur)
+        sel = (m != 0) & col.reshape((1,) * (cur.ndim - 1) + (-1,))
+        return jnp.asarray(np.where(sel, before, cur))
 
     for key in params["input_heads"]:
         params["input_heads"][key] = {
@@ -417,17 +428,18 @@ def split_units(
                 params["input_heads"][key]["w"],
                 prev["input_heads"][key]["w"],
                 used["input_heads"][key]["w"],
-                jnp.asarray(ind[0]),
+                ind[0],
             )
         }
     for layer in range(net.num_layers):
-        hp = dict(params["hidden"][layer])
-        col = jnp.asarray(ind[layer])
-        for leaf in hp:
-            hp[leaf] = restore(
-                hp[leaf], prev["hidden"][layer][leaf], used["hidden"][layer][leaf], col
+        hp = params["hidden"][layer]
+        params["hidden"][layer] = {
+            leaf: restore(
+                hp[leaf], prev["hidden"][layer][leaf], used["hidden"][layer][leaf], ind[layer]
             )
-        params["hidden"][layer] = hp
+            for leaf in hp
+        }
+    params = jax.tree.map(jnp.asarray, params)
     net = net.replace(params=params)
     opt_state = carry_opt_state(settings, state.opt_state, old, net)
     return PhaseState(net, opt_state, state.step)
