@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from den_jax.align import align_tree, grow_opt_state
+from den_jax.capacity import count_params
 from den_jax.den import phases
 from den_jax.den.config import DENConfig
 from den_jax.den.phases import PhaseSettings, PhaseState
@@ -187,7 +188,8 @@ def learn_task_with_state(
     eval_data = valid if valid is not None else train
     report["final_task_loss"] = phases.task_loss(state.net, spec.name, eval_data, settings)
     report["widths"] = _widths(state.net)
-    report["params"] = int(sum(np.prod(v.shape) for v in jax.tree.leaves(state.net.params)))
+    report["params"] = int(count_params(state.net))
+    report["stored_params"] = int(sum(np.prod(v.shape) for v in jax.tree.leaves(state.net.params)))
     report["nonzero_params"] = int(
         sum(int(jnp.count_nonzero(v)) for v in jax.tree.leaves(state.net.params))
     )
@@ -363,7 +365,8 @@ def learn_task(
       ``final_loss`` (mean of the last 100 steps' objective), ``seconds``, ``trainable``
       (entries), the selected subnetwork sizes, units added/kept/pruned per layer, the
       expansion decision with the loss it was based on, units split per layer and drift
-      statistics; plus ``final_task_loss``, ``widths``, ``params``, ``nonzero_params``.
+      statistics; plus ``final_task_loss``, ``widths``, ``params`` (``dj.count_params``:
+      entries some task uses), ``stored_params`` (all stored entries), ``nonzero_params``.
     """
     net, _, report = learn_task_with_state(
         net,
