@@ -8,7 +8,7 @@ import optax
 
 import den_jax as dj
 from den_jax import den
-from den_jax.den import DENConfig, make_settings, phases
+from den_jax.den import DENConfig, make_settings, phases, split
 from den_jax.den.phases import PhaseState
 
 
@@ -41,27 +41,27 @@ class SplitTest(chex.TestCase):
 
     def test_drift_hand_computed(self):
         net, prev, cur = self._drifted()
-        drift = phases.unit_drift(cur, prev, phases.old_task_mask(cur, "b"))
+        drift = split.unit_drift(cur, prev, phases.old_task_mask(cur, "b"))
         np.testing.assert_allclose(drift[0], [0.05, np.sqrt(1.0 + 0.25), 0.5], rtol=1e-5)
         np.testing.assert_allclose(drift[1], [0.0, 0.0], atol=1e-7)
 
     def test_choose_most_drifted_first_with_cap(self):
         net, prev, cur = self._drifted()
-        drift = phases.unit_drift(cur, prev, phases.old_task_mask(cur, "b"))
-        chosen = phases.choose_split_units(drift, cur, task_index=1, threshold=0.1, cap=1)
+        drift = split.unit_drift(cur, prev, phases.old_task_mask(cur, "b"))
+        chosen = split.choose_split_units(drift, cur, task_index=1, threshold=0.1, cap=1)
         np.testing.assert_array_equal(chosen[0], [1])
         assert chosen[1].size == 0
-        chosen = phases.choose_split_units(drift, cur, task_index=1, threshold=0.1, cap=5)
+        chosen = split.choose_split_units(drift, cur, task_index=1, threshold=0.1, cap=5)
         np.testing.assert_array_equal(chosen[0], [1, 2])
         # Units of the current task (stamp 1) are never split.
-        chosen = phases.choose_split_units(drift, cur, task_index=0, threshold=0.1, cap=5)
+        chosen = split.choose_split_units(drift, cur, task_index=0, threshold=0.1, cap=5)
         assert chosen[0].size == 0
 
     def test_split_restores_original_and_stamps_copy(self):
         net, prev, cur = self._drifted()
         settings = _settings()
         chosen = [np.asarray([1]), np.asarray([], np.int64)]
-        state = phases.split_units(PhaseState(cur, None, 0), "b", chosen, prev, net, settings)
+        state = split.split_units(PhaseState(cur, None, 0), "b", chosen, prev, net, settings)
         out = state.net
         self.assertEqual(out.widths, (4, 2))
         layer = out.meta.layers[0]

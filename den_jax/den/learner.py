@@ -31,7 +31,7 @@ import optax
 
 from den_jax.align import align_tree, grow_opt_state
 from den_jax.capacity import count_params
-from den_jax.den import phases
+from den_jax.den import phases, split
 from den_jax.den.config import DENConfig
 from den_jax.den.phases import PhaseSettings, PhaseState
 from den_jax.den.selection import select_subnetwork
@@ -293,8 +293,8 @@ def _learn_later_task(state, keys, spec, train, valid, cfg, settings, report) ->
             )
             split_report["pretrain"] = stats
         prev_aligned = align_tree(prev_params, prev_net, state.net)
-        drift = phases.unit_drift(state.net, prev_aligned, drift_mask)
-        chosen = phases.choose_split_units(
+        drift = split.unit_drift(state.net, prev_aligned, drift_mask)
+        chosen = split.choose_split_units(
             drift, state.net, spec.index, cfg.drift_threshold, cfg.max_splits_per_layer
         )
         old_stamps = [np.asarray(layer.stamps) < spec.index for layer in state.net.meta.layers]
@@ -307,7 +307,7 @@ def _learn_later_task(state, keys, spec, train, valid, cfg, settings, report) ->
         split_report["over_threshold"] = [
             int(((d > cfg.drift_threshold) & s).sum()) for d, s in zip(drift, old_stamps)
         ]
-        state = phases.split_units(state, name, chosen, prev_params, prev_net, settings)
+        state = split.split_units(state, name, chosen, prev_params, prev_net, settings)
         split_report["split"] = [int(c.size) for c in chosen]
         drift_mask = phases.old_task_mask(state.net, name)
         if cfg.split_retrain == "all":

@@ -26,11 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from den_jax.align import align_tree, grow_opt_state
+from den_jax.align import grow_opt_state
 from den_jax.den.proximal import prox_group_lasso_columns, prox_l1
 from den_jax.den.selection import subnetwork_masks
 from den_jax.network import ExpandableNet, NetMeta, apply, resolve_task, task_widths
-from den_jax.surgery import add_units_all, duplicate_units, remove_units
+from den_jax.surgery import add_units_all, remove_units
 from den_jax.training import evaluate_loss, train_steps
 
 LogitsLoss = Callable[[jax.Array, jax.Array], jax.Array]
@@ -347,99 +347,3 @@ def prune_dead_units(state: PhaseState, task: str, new_units, settings: PhaseSet
             net = new_net
             removed[layer] = int(dead.size)
     return state, removed
-
-
-# --------------------------------------------------------------------------- split
-
-
-def unit_drift(net: ExpandableNet, prev: Any, drift_mask: Any) -> list[np.ndarray]:
-    """Per layer, the drift ``rho_i = ||w_i^t - w_i^{t-1}||_2`` of every unit (Alg. 4).
-
-    ``w_i`` is unit ``i``'s incoming weights (every input head column for layer 0, a
-    column of ``hidden[l]["w"]`` otherwise) and its bias, restricted to ``drift_mask``
-    (entries older tasks use). Units no older task uses get 0.
-
-    Args:
-      net: current network.
-      prev: ``W^{t-1}`` aligned to ``net`` (``align_tree``).
-      drift_mask: 0/1 pytree like ``net.params``.
-    """
-    p, q, m = (jax.device_get(t) for t in (net.params, prev, drift_mask))
-    sq = [np.asarray(m["hidden"][0]["b"] * (p["hidden"][0]["b"] - q["hidden"][0]["b"]) ** 2)]
-    for key in p["input_heads"]:
-        d = (
-            m["input_heads"][key]["w"]
-            * (p["input_heads"][key]["w"] - q["input_heads"][key]["w"]) ** 2
-        )
-        sq[0] = sq[0] + np.asarray(d).sum(axis=0)
-    for layer in range(1, net.num_layers):
-        hp, hq, hm = p["hidden"][layer], q["hidden"][layer], m["hidden"][layer]
-        col = (hm["w"] * (hp["w"] - hq["w"]) ** 2).sum(axis=0) + hm["b"] * (hp["b"] - hq["b"]) ** 2
-        sq.append(np.asarray(col))
-    return [np.sqrt(s) for s in sq]
-
-
-def choose_split_units(
-    drift: list[np.ndarray], net: ExpandableNet, task_index: int, threshold: float, cap: int
-) -> list[np.ndarray]:
-    """Old units (stamp < task) with drift > ``threshold``, most drifted first, <= ``cap``."""
-    chosen = []
-    for layer, rho in enumerate(drift):
-        stamps = np.asarray(net.meta.layers[layer].stamps)
-        cand = np.flatnonzero((stamps < task_index) & (rho > threshold))
-        order = cand[np.argsort(-rho[cand], kind="stable")][:cap]
-        chosen.append(np.sort(order))
-    return chosen
-
-
-def split_units(
-    state: PhaseState,
-    task: str,
-    chosen: list[np.ndarray],
-    prev_params: Any,
-    prev_net: ExpandableNet,
-    settings: PhaseSettings,
-) -> PhaseState:
-    """Duplicates ``chosen`` units; originals get ``W^{t-1}`` back, copies keep ``W^t``.
-
-    A copy (stamped with the current task, parent id recorded) takes the original's
-    current incoming weights, bias and outgoing weights; the original's incoming weights
-    and bias (the entries older tasks use) are restored from ``prev_params``.
-    """
-    old = state.net
-    net = old
-    for layer, units in enumerate(chosen):
-        if units.size:
-            net = duplicate_units(net, layer, units.tolist(), outgoing="copy")
-    if net is old:
-        return state
-    prev = jax.device_get(align_tree(prev_params, prev_net, net))
-    used = jax.device_get(old_task_mask(net, task))
-    params = jax.tree.map(np.asarray, jax.device_get(net.params))
-    ind = [np.isin(np.arange(w), u) for w, u in zip(net.widths, chosen)]
-
-    def restore(cur, before, m, col):
-        sel = (m != 0) & col.reshape((1,) * (cur.ndim - 1) + (-1,))
-        return jnp.asarray(np.where(sel, before, cur))
-
-    for key in params["input_heads"]:
-        params["input_heads"][key] = {
-            "w": restore(
-                params["input_heads"][key]["w"],
-                prev["input_heads"][key]["w"],
-                used["input_heads"][key]["w"],
-                ind[0],
-            )
-        }
-    for layer in range(net.num_layers):
-        hp = params["hidden"][layer]
-        params["hidden"][layer] = {
-            leaf: restore(
-                hp[leaf], prev["hidden"][layer][leaf], used["hidden"][layer][leaf], ind[layer]
-            )
-            for leaf in hp
-        }
-    params = jax.tree.map(jnp.asarray, params)
-    net = net.replace(params=params)
-    opt_state = carry_opt_state(settings, state.opt_state, old, net)
-    return PhaseState(net, opt_state, state.step)
