@@ -36,12 +36,16 @@ def _positions(old: ExpandableNet, new: ExpandableNet, new_layer: int, old_layer
     return np.asarray([where.get(uid, -1) for uid in new.meta.layers[new_layer].ids])
 
 
-def _gather(value, positions: np.ndarray, axis: int, fill: float):
-    taken = jnp.take(value, np.maximum(positions, 0), axis=axis)
+def _gather(value: np.ndarray, positions: np.ndarray, axis: int, fill: float) -> np.ndarray:
+    """Host-side gather along ``axis``; entries at position -1 get ``fill``.
+
+    NumPy rather than ``jnp``: surgery happens between compiled phases, and eager ``jnp``
+    ops would compile once per new shape.
+    """
+    taken = np.take(value, np.maximum(positions, 0), axis=axis)
     shape = [1] * taken.ndim
     shape[axis] = -1
-    valid = jnp.asarray(positions >= 0).reshape(shape)
-    return jnp.where(valid, taken, jnp.asarray(fill, taken.dtype))
+    return np.where((positions >= 0).reshape(shape), taken, np.asarray(fill, taken.dtype))
 
 
 def _source(path, old: ExpandableNet, new: ExpandableNet, corr) -> tuple[tuple, list] | None:
@@ -96,7 +100,8 @@ def align_tree(tree: Any, old: ExpandableNet, new: ExpandableNet, fill: float = 
         src = _source(path, old, new, corr)
         value = None if src is None else _lookup(tree, src[0])
         if value is None:
-            return jnp.full(like.shape, fill, like.dtype)
+            return jnp.asarray(np.full(like.shape, fill, like.dtype))
+        value = np.asarray(value)
         for axis, new_layer, old_layer in src[1]:
             value = _gather(value, _positions(old, new, new_layer, old_layer), axis, fill)
         if value.shape != like.shape:
@@ -104,7 +109,7 @@ def align_tree(tree: Any, old: ExpandableNet, new: ExpandableNet, fill: float = 
                 f"align_tree: leaf {jax.tree_util.keystr(path)} has shape {value.shape} after "
                 f"alignment but the new network expects {like.shape}"
             )
-        return value.astype(like.dtype)
+        return jnp.asarray(value, like.dtype)
 
     return jax.tree_util.tree_map_with_path(leaf, new.params)
 
