@@ -19,6 +19,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 
 import jax
@@ -124,6 +126,17 @@ def bench_den(data_dir: str, num_tasks: int, config: str | None) -> dict:
     return {"config": config, "tasks": per_task}
 
 
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", required=True)
@@ -138,6 +151,8 @@ def main() -> None:
     x, y = task.x_train, task.y_train
     threads = os.cpu_count() or 1
     result = {
+        "command": "python -m benchmarks.den_cpu " + " ".join(sys.argv[1:]),
+        "commit": _commit(),
         "machine": {
             "platform": platform.platform(),
             "cpu_count": threads,
