@@ -26,7 +26,7 @@ class GrowthTrainer:
         t = GrowthTrainer(TrainerConfig(problem="classification"), input_dim=64,
                           output_dim=10, hidden_widths=(8, 8), strategy=LossPlateau())
         t.train(x, y, epochs=50, enable_growth=True, validation=(x_val, y_val))
-        t.evaluate(x_test, y_test); print(t.summary())
+        t.evaluate(x_test, y_test); text = t.summary()
     """
 
     def __init__(
