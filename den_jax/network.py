@@ -341,23 +341,31 @@ def task_params(net: ExpandableNet, task: int | str) -> dict:
     }
 
 
-def hidden_features(net: ExpandableNet, x: jax.Array, task: int | str) -> list[jax.Array]:
-    """Activations of every hidden layer for ``task``: a list of ``[..., n_l]`` arrays."""
-    spec = resolve_task(net.meta, task)
+def _check_input(spec: TaskSpec, x: jax.Array) -> jax.Array:
     x = jnp.asarray(x)
     if x.ndim < 1 or x.shape[-1] != spec.input_dim:
         raise ValueError(
             f"task {spec.name!r} expects inputs of width {spec.input_dim} "
             f"(its input head '{spec.input_key}'), got an array of shape {tuple(x.shape)}"
         )
-    act = ACTIVATIONS[net.meta.activation]
-    tp = task_params(net, spec.name)
+    return x
+
+
+def _features(activation: str, tp: dict, x: jax.Array) -> list[jax.Array]:
+    act = ACTIVATIONS[activation]
     h = act(x @ tp["input"]["w"] + tp["hidden"][0]["b"])
     features = [h]
     for hp in tp["hidden"][1:]:
         h = act(h @ hp["w"] + hp["b"])
         features.append(h)
     return features
+
+
+def hidden_features(net: ExpandableNet, x: jax.Array, task: int | str) -> list[jax.Array]:
+    """Activations of every hidden layer for ``task``: a list of ``[..., n_l]`` arrays."""
+    spec = resolve_task(net.meta, task)
+    x = _check_input(spec, x)
+    return _features(net.meta.activation, task_params(net, spec.name), x)
 
 
 def apply(net: ExpandableNet, x: jax.Array, task: int | str) -> jax.Array:
@@ -373,8 +381,9 @@ def apply(net: ExpandableNet, x: jax.Array, task: int | str) -> jax.Array:
       <= the task's index take part.
     """
     spec = resolve_task(net.meta, task)
-    h = hidden_features(net, x, spec.name)[-1]
-    head = net.params["output_heads"][spec.name]
-    out = h @ head["w"][: h.shape[-1]] + head["b"]
+    x = _check_input(spec, x)
+    tp = task_params(net, spec.name)
+    h = _features(net.meta.activation, tp, x)[-1]
+    out = h @ tp["output"]["w"] + tp["output"]["b"]
     chex.assert_shape(out, (*x.shape[:-1], spec.output_dim))
     return out
