@@ -71,6 +71,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
     p.add_argument("--max-train", type=int, default=None, help="cap on MNIST training images")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--eval-split",
+        choices=("test", "valid"),
+        default="test",
+        help="split behind the accuracy matrix: test (report) or valid (model selection)",
+    )
     return p.parse_args(argv)
 
 
@@ -220,6 +226,7 @@ def run_method(
     ckpt_dir: str,
     run_config: dict,
     resume: bool,
+    eval_split: str = "test",
 ) -> dict:
     """Trains ``name`` on every task of ``stream``; checkpoints after each task.
 
@@ -300,8 +307,7 @@ def run_method(
         nets[task.name if method.separate_networks else "net"] = net
         for j in range(i + 1):
             model = nets[stream.names[j]] if method.separate_networks else net
-            test = stream[j] if j == i else None
-            x, y = (test.x_test, test.y_test) if test else _test_split(stream, j)
+            x, y = _eval_split(stream, j, task if j == i else None, eval_split)
             acc[i][j], auc[i][j] = evaluate_task(model, stream.names[j], x, y)
         if method.separate_networks:
             params = sum(dj.count_params(n) for n in nets.values())
@@ -337,8 +343,14 @@ def run_method(
     return _method_results(name, stream, acc, auc, reports, sizes, nets, method, hidden)
 
 
-def _test_split(stream: TaskStream, j: int):
-    return stream.test_data(j)
+def _eval_split(stream: TaskStream, j: int, task, split: str):
+    """``(x, y)`` the accuracy matrix is measured on: task ``j``'s test or validation split."""
+    if split == "valid":
+        task = task if task is not None else stream[j]
+        if len(task.y_valid) == 0:
+            raise ValueError(f"--eval-split valid: task {task.name!r} has no validation rows")
+        return task.x_valid, task.y_valid
+    return (task.x_test, task.y_test) if task is not None else stream.test_data(j)
 
 
 def _abstract_net(meta) -> dj.ExpandableNet:
@@ -445,6 +457,7 @@ def run(args: argparse.Namespace) -> dict:
             "task_spec": args.tasks,
             "hidden": hidden,
             "seed": args.seed,
+            "eval_split": args.eval_split,
             "config_file": config_path,
             "den_config": dataclasses.asdict(den_cfg),
             "baseline_config": dataclasses.asdict(base_cfg),
@@ -460,6 +473,7 @@ def run(args: argparse.Namespace) -> dict:
             "hidden": hidden,
             "seed": args.seed,
             "max_train": args.max_train,
+            "eval_split": args.eval_split,
             "method": name,
             "config": dataclasses.asdict(cfg),
         }
@@ -473,6 +487,7 @@ def run(args: argparse.Namespace) -> dict:
             ckpt_dir=os.path.abspath(os.path.join(args.out, "checkpoints", name)),
             run_config=run_config,
             resume=args.resume,
+            eval_split=args.eval_split,
         )
         res["wall_clock_seconds_this_invocation"] = time.time() - t0
         results["methods"][name] = res

@@ -126,6 +126,27 @@ def test_results_and_load_any_task_after_growth(setup):
         runner.load_task_model(str(out), "den", "nope")
 
 
+def test_eval_split_valid_measures_validation_rows(setup):
+    out = setup["tmp"] / "valid"
+    argv = _argv(setup, out, "finetune", "permute:2", "--no-plots", "--eval-split", "valid")
+    assert runner.main(argv) == 0
+    res = _results(out)
+    assert res["eval_split"] == "valid"
+    from den_jax.data.tasks import make_stream
+
+    stream = make_stream("npz:" + setup["npz"], "permute:2")
+    for j in range(2):
+        task = stream[j]
+        net, name = runner.load_task_model(str(out), "finetune", j)
+        valid, _ = runner.evaluate_task(net, name, task.x_valid, task.y_valid)
+        assert res["finetune"]["accuracy_matrix"][1][j] == pytest.approx(valid)
+        assert len(task.y_valid) == 12  # 10% of the 120 training rows, not the 40 test rows
+    # Resuming with the other split is refused: the matrix would mix splits.
+    argv = _argv(setup, out, "finetune", "permute:2", "--resume")
+    with pytest.raises(ValueError, match="eval_split"):
+        runner.run(runner.parse_args(argv))
+
+
 def test_checkpoint_round_trip_grown_network_with_typed_opt_state(tmp_path):
     key = jax.random.key(0)
     net = dj.init_network(key, [5, 4], shared_input_dim=3)
