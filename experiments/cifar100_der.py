@@ -58,6 +58,8 @@ _PYCIL = dict(
     test_per_class=None,
     ft_epochs=30,
     ft_temperature=5.0,
+    compute_dtype="float32",
+    epoch_loop="scan",
 )
 
 PRESETS = {
@@ -85,6 +87,12 @@ PRESETS = {
 
 # Keys that may differ when resuming (they do not change what is computed).
 RESUME_IGNORE = ("out", "resume", "data_dir", "crash_after_step", "download", "no_plots")
+# Recorded in the config, but may differ when resuming: the scanned epoch and the step loop
+# compute the same model (up to float reduction order).
+RESUME_MAY_DIFFER = ("epoch_loop",)
+# Values of keys added after a checkpoint was written (older configs lack them).
+LEGACY_DEFAULTS = {"compute_dtype": "float32", "epoch_loop": "step"}
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 _DATASETS = ("cifar100", "fashion_mnist", "mnist", "synthetic")
 _log = logging.getLogger("cifar100_der")
@@ -126,6 +134,16 @@ def parse_args(argv=None) -> dict:
     p.add_argument("--seed", type=int, help="training seed")
     p.add_argument("--train-per-class", type=int, help="subsample the training set")
     p.add_argument("--test-per-class", type=int, help="subsample the test set")
+    p.add_argument(
+        "--compute-dtype",
+        choices=sorted(COMPUTE_DTYPES),
+        help="backbone compute dtype while training (float32; bfloat16 changes the numbers)",
+    )
+    p.add_argument(
+        "--epoch-loop",
+        choices=("scan", "step"),
+        help="scan: one lax.scan dispatch per epoch (default); step: one dispatch per batch",
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--crash-after-step", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -138,7 +156,7 @@ def parse_args(argv=None) -> dict:
         "dataset method first_epochs later_epochs first_milestones later_milestones first_wd "
         "later_wd batch_size memory memory_per_class bias_correction ft_epochs prune "
         "prune_lambda s_max aux_weight init_classes increment num_classes base_width "
-        "order_seed seed train_per_class test_per_class"
+        "order_seed seed train_per_class test_per_class compute_dtype epoch_loop"
     ).split()
     for k in simple:
         v = getattr(a, k)
@@ -169,6 +187,22 @@ def parse_args(argv=None) -> dict:
             f"--dataset {cfg['dataset']} needs --data-dir (or use --synthetic for a smoke run)"
         )
     return cfg
+
+
+def check_resume_config(saved: dict, current: dict) -> None:
+    """Refuses to resume with a config that computes something else.
+
+    Keys added after a checkpoint was written take their old behaviour
+    (``LEGACY_DEFAULTS``); ``RESUME_MAY_DIFFER`` keys may differ.
+
+    Args:
+      saved: config stored with the checkpoint.
+      current: config of this run (without ``RESUME_IGNORE`` keys).
+
+    Raises:
+      ValueError: naming every differing key.
+    """
+    ckpt.check_config_compatible({**LEGACY_DEFAULTS, **saved}, current, ignore=RESUME_MAY_DIFFER)
 
 
 def synthetic_data(num_classes: int, per_class: int, size: int, channels: int, seed: int):
@@ -274,38 +308,67 @@ def _abstract(cfg, meta, in_channels, image_size):
     }
 
 
-def _train_step_epochs(cfg, t, state, step_fn, tx, data_x, data_y, idx_pool, key, rng, mesh):
+def _train_step_epochs(cfg, t, state, fns, tx, data_x, data_y, idx_pool, key, rng, mesh):
+    """Trains one DER step for its epochs; ``fns = (step_fn, epoch_fn or None)``.
+
+    With ``epoch_fn`` each epoch is one scanned dispatch plus the last partial
+    batch (:func:`train.run_epoch_scanned`), else one dispatch per batch. The
+    state is copied onto the mesh first: the train functions may donate it.
+    """
+    step_fn, epoch_fn = fns
     epochs = cfg["first_epochs"] if t == 0 else cfg["later_epochs"]
     opt_state = train.replicate(tx.init(model.trainable(state)), mesh)
-    state = train.replicate(state, mesh)
+    state = train.replicate(state, mesh, copy=True)
     s_max = cfg["s_max"] if cfg["prune"] else None
+    step_bar = None
+    if epoch_fn is not None:
+        step_bar = tqdm(total=epochs, desc=f"step {t}", leave=False)
     for e in range(epochs):
         batches = [
             idx_pool[b]
             for b in train.epoch_batches(rng, len(idx_pool), cfg["batch_size"], mesh.size)
         ]
-        bar = tqdm(total=len(batches), desc=f"step {t} epoch {e + 1}/{epochs}", leave=False)
+        epoch_key = jax.random.fold_in(key, e)
+        if epoch_fn is not None:
+            state, opt_state, m = train.run_epoch_scanned(
+                epoch_fn,
+                step_fn,
+                state,
+                opt_state,
+                data_x,
+                data_y,
+                batches,
+                epoch_key,
+                mesh,
+                s_max=s_max,
+            )
+            step_bar.update(1)
+            step_bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{100 * m['acc']:.1f}")
+        else:
+            bar = tqdm(total=len(batches), desc=f"step {t} epoch {e + 1}/{epochs}", leave=False)
 
-        def on_batch(m, bar=bar):
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{100 * m['acc']:.1f}")
+            def on_batch(m, bar=bar):
+                bar.update(1)
+                bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{100 * m['acc']:.1f}")
 
-        state, opt_state, m = train.run_epoch(
-            step_fn,
-            state,
-            opt_state,
-            data_x,
-            data_y,
-            batches,
-            jax.random.fold_in(key, e),
-            mesh,
-            s_max=s_max,
-            on_batch=on_batch,
-        )
-        bar.close()
+            state, opt_state, m = train.run_epoch(
+                step_fn,
+                state,
+                opt_state,
+                data_x,
+                data_y,
+                batches,
+                epoch_key,
+                mesh,
+                s_max=s_max,
+                on_batch=on_batch,
+            )
+            bar.close()
         tqdm.write(
             f"step {t} epoch {e + 1}/{epochs}: loss {m['loss']:.4f} acc {100 * m['acc']:.2f}"
         )
+    if step_bar is not None:
+        step_bar.close()
     return state
 
 
@@ -356,7 +419,7 @@ def run(cfg: dict) -> dict:
         raise ValueError(f"{ckpt_dir} already holds step {done}: pass --resume or a new --out")
     if done is not None:
         meta = ckpt.restore_meta(ckpt_dir, done)
-        ckpt.check_config_compatible(meta["config"], cfg_saved)
+        check_resume_config(meta["config"], cfg_saved)
         abstract = _abstract(cfg, meta, in_channels, image_size)
         if meta["frozen_inner_widths"] is not None:
             abstract["frozen"] = model.abstract_state(
@@ -421,12 +484,20 @@ def run(cfg: dict) -> dict:
             decay_mask=train.decay_mask_for(model.trainable(state)),
         )
         aux_w = cfg["aux_weight"] if (t > 0 and cfg["method"] == "der") else 0.0
-        step_fn = train.make_train_step(
-            tx, aux_weight=aux_w, mean=mean, std=std, prune_lambda=cfg["prune_lambda"]
+        fn_kw = dict(
+            aux_weight=aux_w,
+            mean=mean,
+            std=std,
+            prune_lambda=cfg["prune_lambda"],
+            compute_dtype=COMPUTE_DTYPES[cfg["compute_dtype"]],
+        )
+        fns = (
+            train.make_train_step(tx, **fn_kw),
+            train.make_train_epoch(tx, **fn_kw) if cfg["epoch_loop"] == "scan" else None,
         )
         if epochs > 0:
             state = _train_step_epochs(
-                cfg, t, state, step_fn, tx, data_x, data_y, pool, k_train, rng, mesh
+                cfg, t, state, fns, tx, data_x, data_y, pool, k_train, rng, mesh
             )
         gamma = None
         if cfg["method"] == "der" and t > 0:

@@ -9,11 +9,12 @@ maps u to the classes seen so far; the auxiliary head H_a maps F_t(x) to
 |Y_t|+1 outputs (every old class -> 0). Loss (section 3.2):
 L = CE(H_t(u), y) + lambda_a * CE(H_a(F_t(x)), y_aux).
 
-Layout choices (they fit a later speed pass):
+Layout choices:
 
 * the old backbones are a tuple of ``{"params", "batch_stats"}`` trees outside
-  the optimised tree (widths may differ after pruning; with equal widths they
-  can be stacked and vmapped);
+  the optimised tree (widths may differ after pruning); :func:`old_features`
+  stacks the backbones of equal width inside the traced function and runs each
+  group as one vmapped ResNet;
 * the main head is padded to ``num_total`` classes: kernel ``[F*t, num_total]``
   with the logits of unseen classes masked to a large negative value, so only
   the feature width changes between steps;
@@ -24,6 +25,7 @@ Layout choices (they fit a later speed pass):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import chex
 import flax.struct
@@ -187,14 +189,46 @@ def expand(
     )
 
 
-def old_features(state: DERState, x: jax.Array) -> jax.Array:
-    """Phi_{t-1}(x): concatenated features of the frozen backbones, ``[B, F*(t-1)]``."""
-    feats = [
-        resnet.ResNet32(state.base_width, widths).apply(v, x, train=False)
-        for v, widths in zip(state.old, state.old_inner_widths)
-    ]
-    if not feats:
-        return jnp.zeros((x.shape[0], 0), x.dtype)
+def _stack_trees(trees: list) -> dict:
+    """Stacks equal-structure pytrees along a new leading axis."""
+    return jax.tree.map(lambda *a: jnp.stack(a), *trees)
+
+
+def old_features(state: DERState, x: jax.Array, compute_dtype: Any = jnp.float32) -> jax.Array:
+    """Phi_{t-1}(x): concatenated features of the frozen backbones, ``[B, F*(t-1)]``.
+
+    Backbones with equal ``old_inner_widths`` (all of them without pruning) are
+    stacked along a new leading axis and run as one ``jax.vmap``-ed ResNet
+    (XLA turns the batched convolutions into grouped ones); a width that occurs
+    once runs on its own. Features are concatenated in the original backbone
+    order, so the result equals the per-backbone loop up to float reduction order.
+    ``state.old`` keeps its tuple layout (checkpoints depend on it); the stack is
+    built inside the traced function.
+
+    Args:
+      state: the DER state.
+      x: normalised images ``[B, H, W, C]``.
+      compute_dtype: compute dtype of the backbones (features are float32).
+
+    Returns:
+      float32 features ``[B, F * len(state.old)]`` under ``stop_gradient``.
+    """
+    chex.assert_rank(x, 4)
+    if not state.old:
+        return jnp.zeros((x.shape[0], 0), jnp.float32)
+    groups: dict[tuple, list[int]] = {}
+    for i, widths in enumerate(state.old_inner_widths):
+        groups.setdefault(tuple(widths), []).append(i)
+    feats: list[jax.Array | None] = [None] * len(state.old)
+    for widths, members in groups.items():
+        net = resnet.ResNet32(state.base_width, widths, dtype=compute_dtype)
+        if len(members) == 1:
+            feats[members[0]] = net.apply(state.old[members[0]], x, train=False)
+            continue
+        stacked = _stack_trees([state.old[i] for i in members])
+        out = jax.vmap(lambda v, net=net: net.apply(v, x, train=False))(stacked)  # [G, B, F]
+        for j, i in enumerate(members):
+            feats[i] = out[j]
     return jax.lax.stop_gradient(jnp.concatenate(feats, axis=-1))
 
 
@@ -204,6 +238,7 @@ def forward(
     *,
     train: bool,
     masks: tuple | None = None,
+    compute_dtype: Any = jnp.float32,
 ) -> tuple[jax.Array, jax.Array, jax.Array, dict]:
     """DER forward pass.
 
@@ -212,20 +247,23 @@ def forward(
       x: normalised images ``[B, H, W, C]``.
       train: the *new* backbone's BatchNorm in training mode (old ones never are).
       masks: channel masks m_l for the new backbone (pruning), or None.
+      compute_dtype: compute dtype of all backbones (float32 default, bfloat16 for
+        mixed precision). Parameters, BN statistics, features, heads and logits
+        stay float32.
 
     Returns:
       ``(logits [B, num_total], aux_logits [B, num_new+1], features [B, F*t],
-      new_batch_stats)``; logits of unseen classes are ``NEG``.
+      new_batch_stats)``, all float32; logits of unseen classes are ``NEG``.
     """
     chex.assert_rank(x, 4)
-    net = resnet.ResNet32(state.base_width)
+    net = resnet.ResNet32(state.base_width, dtype=compute_dtype)
     if train:
         new_feat, upd = net.apply(state.new, x, train=True, masks=masks, mutable=["batch_stats"])
         new_bs = upd["batch_stats"]
     else:
         new_feat = net.apply(state.new, x, train=False, masks=masks)
         new_bs = state.new["batch_stats"]
-    u = jnp.concatenate([old_features(state, x), new_feat], axis=-1)
+    u = jnp.concatenate([old_features(state, x, compute_dtype), new_feat], axis=-1)
     logits = u @ state.fc["kernel"] + state.fc["bias"]
     seen = jnp.arange(state.num_total) < state.num_seen
     logits = jnp.where(seen, logits, NEG)

@@ -17,11 +17,16 @@ channels of every basic block (the output of its first conv). Removing such a
 channel deletes one output filter of conv1, one BN channel and one input slice
 of conv2, so a materialised network computes exactly what the masked one does.
 ``inner_widths`` gives the number of inner channels of each of the 15 blocks.
+
+``dtype`` is the compute dtype (float32 by default; bfloat16 for mixed
+precision): convolutions and BatchNorm outputs run in it, while parameters,
+BatchNorm statistics and the pooled features stay float32.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -35,9 +40,19 @@ NUM_BLOCKS = NUM_STAGES * BLOCKS_PER_STAGE
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _bn(train: bool, name: str) -> nn.BatchNorm:
+def _bn(train: bool, name: str, dtype: Any = jnp.float32) -> nn.BatchNorm:
+    """Torch-equivalent BatchNorm; ``dtype`` is the output dtype.
+
+    Batch and running statistics are float32 whatever ``dtype`` is (flax's
+    ``force_float32_reductions``, float32 ``batch_stats``).
+    """
     return nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name, dtype=jnp.float32
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        name=name,
+        dtype=dtype,
+        param_dtype=jnp.float32,
     )
 
 
@@ -52,11 +67,19 @@ def full_inner_widths(base_width: int) -> tuple[int, ...]:
 
 
 class BasicBlock(nn.Module):
-    """conv3x3(stride) -> BN -> ReLU [-> x mask] -> conv3x3 -> BN -> + shortcut -> ReLU."""
+    """conv3x3(stride) -> BN -> ReLU [-> x mask] -> conv3x3 -> BN -> + shortcut -> ReLU.
+
+    Attributes:
+      out_channels: residual-stream channels after the block.
+      inner_channels: channels of the first conv's output (prunable).
+      stride: stride of the first conv (2 at the first block of stages 2 and 3).
+      dtype: compute dtype of convs and BatchNorm outputs (parameters stay float32).
+    """
 
     out_channels: int
     inner_channels: int
     stride: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None, train: bool) -> jax.Array:
@@ -67,20 +90,24 @@ class BasicBlock(nn.Module):
             padding=1,
             use_bias=False,
             kernel_init=conv_init,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
             name="conv1",
         )(x)
-        h = nn.relu(_bn(train, "bn1")(h))
+        h = nn.relu(_bn(train, "bn1", self.dtype)(h))
         if mask is not None:
-            h = h * mask  # f' = f (.) m, DER eq. (mask), per output channel
+            h = h * mask.astype(h.dtype)  # f' = f (.) m, DER eq. (mask), per output channel
         h = nn.Conv(
             self.out_channels,
             (3, 3),
             padding=1,
             use_bias=False,
             kernel_init=conv_init,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
             name="conv2",
         )(h)
-        h = _bn(train, "bn2")(h)
+        h = _bn(train, "bn2", self.dtype)(h)
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.out_channels:
             # Option A: subsample, then append zero channels (PyCIL DownsampleA).
@@ -96,10 +123,14 @@ class ResNet32(nn.Module):
     Attributes:
       base_width: channels of the first stage (16 for the paper's ResNet-32).
       inner_widths: inner channels of the 15 blocks (None = unpruned).
+      dtype: compute dtype of the convs and BatchNorm outputs (float32 default;
+        bfloat16 for mixed precision). Parameters and BN statistics are float32
+        either way, and the pooled features are returned in float32.
     """
 
     base_width: int = 16
     inner_widths: Sequence[int] | None = None
+    dtype: Any = jnp.float32
 
     @property
     def feature_dim(self) -> int:
@@ -117,7 +148,7 @@ class ResNet32(nn.Module):
           masks: optional 15 per-channel masks ``[inner_widths[i]]``.
 
         Returns:
-          Features ``[B, 4 * base_width]``.
+          float32 features ``[B, 4 * base_width]``.
         """
         inner = tuple(self.inner_widths or full_inner_widths(self.base_width))
         if len(inner) != NUM_BLOCKS:
@@ -125,18 +156,26 @@ class ResNet32(nn.Module):
         if masks is not None and len(masks) != NUM_BLOCKS:
             raise ValueError(f"masks must have {NUM_BLOCKS} entries, got {len(masks)}")
         h = nn.Conv(
-            self.base_width, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, name="conv0"
+            self.base_width,
+            (3, 3),
+            padding=1,
+            use_bias=False,
+            kernel_init=conv_init,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name="conv0",
         )(x)
-        h = nn.relu(_bn(train, "bn0")(h))
+        h = nn.relu(_bn(train, "bn0", self.dtype)(h))
         i = 0
         for s, c in enumerate(stage_widths(self.base_width)):
             for b in range(BLOCKS_PER_STAGE):
                 stride = 2 if (s > 0 and b == 0) else 1
-                h = BasicBlock(c, inner[i], stride, name=f"block{i}")(
+                h = BasicBlock(c, inner[i], stride, self.dtype, name=f"block{i}")(
                     h, None if masks is None else masks[i], train
                 )
                 i += 1
-        return jnp.mean(h, axis=(1, 2))
+        # Global average pooling in float32 (a no-op cast in float32 compute).
+        return jnp.mean(h.astype(jnp.float32), axis=(1, 2))
 
 
 def init_backbone(key: jax.Array, base_width: int, in_channels: int, image_size: int = 32) -> dict:

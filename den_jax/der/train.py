@@ -1,4 +1,4 @@
-"""DER training: optimizer, jitted data-parallel train step, one epoch.
+"""DER training: optimizer, jitted data-parallel train step, one epoch (step loop or scan).
 
 PyCIL's recipe: SGD, momentum 0.9, coupled L2 weight decay on every parameter
 (torch ``SGD(weight_decay=wd)`` = ``add_decayed_weights`` before the momentum
@@ -10,6 +10,13 @@ all local devices, gathers and augments the images inside the jitted step, and
 the model/optimizer state is replicated. Under ``jit`` the BatchNorm batch
 statistics and the loss are computed over the *global* batch, so the result
 equals the one-device run up to floating-point reduction order.
+
+Speed paths (docs/der.md, "Speed paths"): :func:`make_train_epoch` with
+:func:`run_epoch_scanned` runs the full batches of an epoch in one ``lax.scan``
+dispatch (same numbers as the step loop :func:`run_epoch`); ``donate`` lets XLA
+update ``state``/``opt_state`` in place (default: on accelerators only);
+``compute_dtype=jnp.bfloat16`` runs the backbones in bfloat16 with float32
+parameters, optimizer state, logits and loss (opt-in: it changes the numbers).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,8 +40,22 @@ def make_mesh(devices: Sequence[Any] | None = None) -> Mesh:
     return Mesh(devs, ("data",))
 
 
-def replicate(tree, mesh: Mesh):
-    """Places a pytree fully replicated on the mesh."""
+def replicate(tree, mesh: Mesh, *, copy: bool = False):
+    """Places a pytree fully replicated on the mesh.
+
+    Args:
+      tree: pytree of arrays.
+      mesh: device mesh.
+      copy: copy every leaf first. ``jax.device_put`` returns an array that is
+        already placed as it is, so without a copy the result shares buffers
+        with ``tree``; copy a tree before handing it to a donating function
+        when the caller keeps using ``tree`` (or when leaves may share buffers).
+
+    Returns:
+      The replicated pytree.
+    """
+    if copy:
+        tree = jax.tree.map(jnp.copy, tree)
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
@@ -77,6 +99,82 @@ def decay_mask_for(params: dict) -> dict:
     return {k: jax.tree.map(lambda _, k=k: k != "mask_e", v) for k, v in params.items()}
 
 
+def resolve_donate(donate: bool | None) -> bool:
+    """Whether the train functions donate ``state`` and ``opt_state``.
+
+    Donation lets XLA update the model and optimizer state in place (no second
+    copy in device memory). A donated input is deleted by the call (current JAX
+    implements donation on CPU too), so a caller must only use the returned
+    state afterwards.
+
+    Args:
+      donate: True/False, or None for "donate unless the default backend is the
+        CPU" (CPU callers, e.g. tests, may then keep using their inputs).
+
+    Returns:
+      The resolved flag.
+    """
+    return jax.default_backend() != "cpu" if donate is None else bool(donate)
+
+
+def _jit(fn: Callable, donate: bool | None, wrap: Callable[[Callable], Callable] | None):
+    """``jax.jit`` with optional donation of arguments 0 and 1 and a test hook."""
+    if wrap is not None:
+        fn = wrap(fn)
+    return jax.jit(fn, donate_argnums=(0, 1) if resolve_donate(donate) else ())
+
+
+def _make_step_body(
+    tx: optax.GradientTransformation,
+    *,
+    aux_weight: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+    prune_lambda: float,
+    aug: dict | None,
+    compute_dtype: Any,
+) -> Callable:
+    """The un-jitted per-batch update shared by the step and the scanned epoch.
+
+    Returns:
+      ``body(state, opt_state, data_x, data_y, idx, key, s) -> (state, opt_state,
+      metrics)`` (see :func:`make_train_step`).
+    """
+    aug = dict(aug or {})
+
+    def body(state, opt_state, data_x, data_y, idx, key, s):
+        chex.assert_rank(idx, 1)
+        x = augment.augment(key, data_x[idx], mean, std, **aug)
+        y = data_y[idx]
+        params = model.trainable(state)
+
+        def loss_fn(p):
+            st = model.with_trainable(state, p)
+            masks = None
+            if st.mask_e is not None:
+                masks = pruning.masks_from_embeddings(p["mask_e"], s)
+            logits, aux_logits, _, new_bs = model.forward(
+                st, x, train=True, masks=masks, compute_dtype=compute_dtype
+            )
+            loss, parts = model.der_loss(logits, aux_logits, y, state.num_old, aux_weight)
+            if masks is not None:
+                parts["sparsity"] = pruning.sparsity_loss(masks, state.base_width)
+                loss = loss + prune_lambda * parts["sparsity"]
+            parts["acc"] = jnp.mean(jnp.argmax(logits, -1) == y)
+            return loss, (new_bs, parts)
+
+        (loss, (new_bs, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        if "mask_e" in grads:
+            grads["mask_e"] = pruning.compensate_grads(grads["mask_e"], params["mask_e"], s)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        if "mask_e" in params:
+            params["mask_e"] = pruning.clip_embeddings(params["mask_e"])
+        return model.with_trainable(state, params, new_bs), opt_state, {"loss": loss, **parts}
+
+    return body
+
+
 def make_train_step(
     tx: optax.GradientTransformation,
     *,
@@ -85,6 +183,9 @@ def make_train_step(
     std: Sequence[float],
     prune_lambda: float = 0.0,
     aug: dict | None = None,
+    compute_dtype: Any = jnp.float32,
+    donate: bool | None = None,
+    wrap: Callable[[Callable], Callable] | None = None,
 ) -> Callable:
     """Builds the jitted DER train step.
 
@@ -102,37 +203,93 @@ def make_train_step(
       mean, std: normalisation constants.
       prune_lambda: lambda_s of the sparsity loss (used when masks exist).
       aug: keyword arguments of :func:`augment.augment` (pad, flip, brightness).
+      compute_dtype: compute dtype of the backbones (``jnp.bfloat16`` for mixed
+        precision; changes the numbers). Parameters, optimizer state, logits and
+        loss stay float32.
+      donate: donate ``state`` and ``opt_state`` (deleted by the call); None =
+        donate unless the backend is the CPU (see :func:`resolve_donate`).
+      wrap: test hook applied to the python step before ``jax.jit`` (e.g.
+        ``chex.assert_max_traces``); None leaves the step as it is.
+
+    Returns:
+      The jitted step.
     """
-    aug = dict(aug or {})
+    body = _make_step_body(
+        tx,
+        aux_weight=aux_weight,
+        mean=mean,
+        std=std,
+        prune_lambda=prune_lambda,
+        aug=aug,
+        compute_dtype=compute_dtype,
+    )
 
     def step(state, opt_state, data_x, data_y, idx, key, s):
-        x = augment.augment(key, data_x[idx], mean, std, **aug)
-        y = data_y[idx]
-        params = model.trainable(state)
+        return body(state, opt_state, data_x, data_y, idx, key, s)
 
-        def loss_fn(p):
-            st = model.with_trainable(state, p)
-            masks = None
-            if st.mask_e is not None:
-                masks = pruning.masks_from_embeddings(p["mask_e"], s)
-            logits, aux_logits, _, new_bs = model.forward(st, x, train=True, masks=masks)
-            loss, parts = model.der_loss(logits, aux_logits, y, state.num_old, aux_weight)
-            if masks is not None:
-                parts["sparsity"] = pruning.sparsity_loss(masks, state.base_width)
-                loss = loss + prune_lambda * parts["sparsity"]
-            parts["acc"] = jnp.mean(jnp.argmax(logits, -1) == y)
-            return loss, (new_bs, parts)
+    return _jit(step, donate, wrap)
 
-        (loss, (new_bs, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        if "mask_e" in grads:
-            grads["mask_e"] = pruning.compensate_grads(grads["mask_e"], params["mask_e"], s)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        if "mask_e" in params:
-            params["mask_e"] = pruning.clip_embeddings(params["mask_e"])
-        return model.with_trainable(state, params, new_bs), opt_state, {"loss": loss, **parts}
 
-    return jax.jit(step)
+def make_train_epoch(
+    tx: optax.GradientTransformation,
+    *,
+    aux_weight: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+    prune_lambda: float = 0.0,
+    aug: dict | None = None,
+    compute_dtype: Any = jnp.float32,
+    donate: bool | None = None,
+    wrap: Callable[[Callable], Callable] | None = None,
+) -> Callable:
+    """Builds a jitted function that runs S full batches in one dispatch (``lax.scan``).
+
+    The function is ``epoch(state, opt_state, data_x, data_y, idx, key,
+    s_values) -> (state, opt_state, metrics)`` with ``idx`` the int32 indices
+    ``[S, B]`` (sharded on the batch axis), ``key`` the epoch's PRNG key and
+    ``s_values`` the float32 pruning temperatures ``[S]``. Batch ``b`` runs the
+    same body as :func:`make_train_step` with key ``jax.random.fold_in(key, b)``
+    and temperature ``s_values[b]``, exactly as :func:`run_epoch` calls the
+    step, so the two agree up to float reduction order. ``metrics`` holds the
+    per-batch values, ``{name: [S]}``; :func:`run_epoch_scanned` averages them.
+
+    Args:
+      tx, aux_weight, mean, std, prune_lambda, aug, compute_dtype: as in
+        :func:`make_train_step`.
+      donate: donate ``state`` and ``opt_state``; None = unless on CPU.
+      wrap: test hook applied to the python epoch function before ``jax.jit``.
+
+    Returns:
+      The jitted epoch function.
+    """
+    body = _make_step_body(
+        tx,
+        aux_weight=aux_weight,
+        mean=mean,
+        std=std,
+        prune_lambda=prune_lambda,
+        aug=aug,
+        compute_dtype=compute_dtype,
+    )
+
+    def epoch(state, opt_state, data_x, data_y, idx, key, s_values):
+        chex.assert_rank(idx, 2)
+        chex.assert_shape(s_values, (idx.shape[0],))
+
+        def scan_step(carry, xs):
+            b, batch_idx, s = xs
+            st, opt, metrics = body(
+                carry[0], carry[1], data_x, data_y, batch_idx, jax.random.fold_in(key, b), s
+            )
+            return (st, opt), metrics
+
+        steps = jnp.arange(idx.shape[0], dtype=jnp.int32)
+        (state, opt_state), metrics = jax.lax.scan(
+            scan_step, (state, opt_state), (steps, idx, s_values)
+        )
+        return state, opt_state, metrics
+
+    return _jit(epoch, donate, wrap)
 
 
 def epoch_batches(
@@ -153,6 +310,21 @@ def epoch_batches(
     return [b for b in out if len(b)]
 
 
+def _epoch_mean(per_batch: Sequence[dict], sizes: Sequence[int]) -> dict:
+    """Batch-size weighted mean of host metrics (float64 on the host)."""
+    totals: dict[str, float] = {}
+    for m, n in zip(per_batch, sizes):
+        for k, v in m.items():
+            totals[k] = totals.get(k, 0.0) + v * n
+    count = sum(sizes)
+    return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+def _s_value(b: int, num_batches: int, s_max: float | None) -> float:
+    """Pruning temperature of batch ``b`` (1 without pruning)."""
+    return 1.0 if s_max is None else pruning.anneal_s(b, num_batches, s_max)
+
+
 def run_epoch(
     step_fn: Callable,
     state,
@@ -166,11 +338,14 @@ def run_epoch(
     s_max: float | None = None,
     on_batch: Callable[[dict], None] | None = None,
 ):
-    """Runs the train step over ``batches``.
+    """Runs the train step over ``batches``, one dispatch per batch.
 
     Args:
       step_fn: from :func:`make_train_step`.
-      state, opt_state: replicated DER state and optimizer state.
+      state, opt_state: DER state and optimizer state, placed replicated on the
+        mesh first (a no-op when they already are; an unplaced first input would
+        otherwise give the step a second trace). Donated when ``step_fn``
+        donates: use only the returned ones.
       data_x, data_y: on-device training set (uint8 images, int32 labels).
       batches: index arrays from :func:`epoch_batches`.
       key: PRNG key of this epoch (folded with the batch index).
@@ -181,10 +356,9 @@ def run_epoch(
     Returns:
       ``(state, opt_state, mean metrics over the epoch)``.
     """
-    totals: dict[str, float] = {}
-    count = 0
+    state, opt_state = replicate((state, opt_state), mesh)
+    per_batch, sizes = [], []
     for b, idx in enumerate(batches):
-        s = 1.0 if s_max is None else pruning.anneal_s(b, len(batches), s_max)
         state, opt_state, metrics = step_fn(
             state,
             opt_state,
@@ -192,12 +366,90 @@ def run_epoch(
             data_y,
             shard_batch(idx, mesh),
             jax.random.fold_in(key, b),
-            jnp.float32(s),
+            jnp.float32(_s_value(b, len(batches), s_max)),
         )
         m = {k: float(v) for k, v in metrics.items()}
-        for k, v in m.items():
-            totals[k] = totals.get(k, 0.0) + v * len(idx)
-        count += len(idx)
+        per_batch.append(m)
+        sizes.append(len(idx))
         if on_batch is not None:
             on_batch(m)
-    return state, opt_state, {k: v / max(count, 1) for k, v in totals.items()}
+    return state, opt_state, _epoch_mean(per_batch, sizes)
+
+
+def run_epoch_scanned(
+    epoch_fn: Callable,
+    step_fn: Callable,
+    state,
+    opt_state,
+    data_x,
+    data_y,
+    batches: Sequence[np.ndarray],
+    key: jax.Array,
+    mesh: Mesh,
+    *,
+    s_max: float | None = None,
+):
+    """Runs one epoch as one scanned dispatch plus, if any, the last partial batch.
+
+    The full-size batches are stacked into ``[S, B]`` (sharded on the batch
+    axis) and run by ``epoch_fn`` (:func:`make_train_epoch`); a last, smaller
+    batch runs with ``step_fn`` (:func:`make_train_step`) as batch ``S`` (key
+    ``fold_in(key, S)``, temperature ``anneal_s(S, S + 1, s_max)``). This is the
+    computation of :func:`run_epoch` with the same keys, temperatures and
+    metric averaging; only the dispatching differs.
+
+    Args:
+      epoch_fn: from :func:`make_train_epoch`.
+      step_fn: from :func:`make_train_step` (same optimizer and options).
+      state, opt_state: DER state and optimizer state, placed replicated on the
+        mesh first (as in :func:`run_epoch`). Donated when the functions donate:
+        use only the returned ones.
+      data_x, data_y: on-device training set (uint8 images, int32 labels).
+      batches: index arrays from :func:`epoch_batches` (all of one size but
+        possibly the last).
+      key: PRNG key of this epoch (folded with the batch index).
+      mesh: device mesh.
+      s_max: pruning s_max (annealed over the epoch), None without pruning.
+
+    Returns:
+      ``(state, opt_state, mean metrics over the epoch)``.
+
+    Raises:
+      ValueError: if a batch other than the last differs in size from the first.
+    """
+    n = len(batches)
+    if n == 0:
+        return state, opt_state, {}
+    size = len(batches[0])
+    num_full = n if len(batches[-1]) == size else n - 1
+    if any(len(b) != size for b in batches[:num_full]) or len(batches[-1]) > size:
+        raise ValueError(
+            f"run_epoch_scanned needs equal batches but a smaller last one, got sizes "
+            f"{[len(b) for b in batches]}"
+        )
+    state, opt_state = replicate((state, opt_state), mesh)
+    per_batch: list[dict] = []
+    sizes: list[int] = []
+    if num_full:
+        idx = np.stack([np.asarray(b, np.int32) for b in batches[:num_full]])
+        idx = jax.device_put(idx, NamedSharding(mesh, PartitionSpec(None, "data")))
+        s_values = np.asarray([_s_value(b, n, s_max) for b in range(num_full)], np.float32)
+        state, opt_state, metrics = epoch_fn(
+            state, opt_state, data_x, data_y, idx, key, replicate(s_values, mesh)
+        )
+        metrics = jax.device_get(metrics)
+        per_batch += [{k: float(v[b]) for k, v in metrics.items()} for b in range(num_full)]
+        sizes += [size] * num_full
+    if num_full < n:
+        state, opt_state, metrics = step_fn(
+            state,
+            opt_state,
+            data_x,
+            data_y,
+            shard_batch(batches[-1], mesh),
+            jax.random.fold_in(key, num_full),
+            jnp.float32(_s_value(num_full, n, s_max)),
+        )
+        per_batch.append({k: float(v) for k, v in metrics.items()})
+        sizes.append(len(batches[-1]))
+    return state, opt_state, _epoch_mean(per_batch, sizes)
