@@ -59,7 +59,7 @@ _PYCIL = dict(
     ft_epochs=30,
     ft_temperature=5.0,
     compute_dtype="float32",
-    epoch_loop="scan",
+    epoch_loop="auto",
 )
 
 PRESETS = {
@@ -96,6 +96,15 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 _DATASETS = ("cifar100", "fashion_mnist", "mnist", "synthetic")
 _log = logging.getLogger("cifar100_der")
+
+
+def resolve_epoch_loop(backend: str | None = None) -> str:
+    """``--epoch-loop auto``: ``"scan"`` on accelerators, ``"step"`` on the CPU.
+
+    XLA:CPU runs convolution gradients inside ``lax.scan`` about 20x slower than as
+    separate calls (docs/benchmarks.md), so the CPU keeps one dispatch per batch.
+    """
+    return "step" if (backend or jax.default_backend()) == "cpu" else "scan"
 
 
 def parse_args(argv=None) -> dict:
@@ -141,8 +150,10 @@ def parse_args(argv=None) -> dict:
     )
     p.add_argument(
         "--epoch-loop",
-        choices=("scan", "step"),
-        help="scan: one lax.scan dispatch per epoch (default); step: one dispatch per batch",
+        choices=("auto", "scan", "step"),
+        help="scan: one lax.scan dispatch per epoch; step: one dispatch per batch; auto "
+        "(default): scan on accelerators, step on the CPU (XLA:CPU runs conv gradients inside "
+        "a scan 20x slower)",
     )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--crash-after-step", type=int, help=argparse.SUPPRESS)
@@ -162,6 +173,8 @@ def parse_args(argv=None) -> dict:
         v = getattr(a, k)
         if v is not None:
             cfg[k] = v
+    if cfg["epoch_loop"] == "auto":
+        cfg["epoch_loop"] = resolve_epoch_loop()
     if a.epochs is not None:
         cfg["first_epochs"] = cfg["later_epochs"] = a.epochs
     if a.milestones is not None:

@@ -245,7 +245,13 @@ class SpeedFlagsTest(chex.TestCase):
         from experiments import cifar100_der as cli
 
         cfg = cli.parse_args(["--preset", "smoke", "--out", "/tmp/unused"])
-        self.assertEqual((cfg["compute_dtype"], cfg["epoch_loop"]), ("float32", "scan"))
+        # auto: the step loop on the CPU (scanned conv gradients are slow on XLA:CPU).
+        self.assertEqual((cfg["compute_dtype"], cfg["epoch_loop"]), ("float32", "step"))
+        self.assertEqual(
+            (cli.resolve_epoch_loop("gpu"), cli.resolve_epoch_loop("tpu")), ("scan", "scan")
+        )
+        cfg = cli.parse_args(["--preset", "smoke", "--out", "/tmp/x", "--epoch-loop", "scan"])
+        self.assertEqual(cfg["epoch_loop"], "scan")
         cfg = cli.parse_args(
             ["--preset", "smoke", "--out", "/tmp/x", "--compute-dtype", "bfloat16"]
             + ["--epoch-loop", "step"]
