@@ -56,6 +56,21 @@ def _bn(train: bool, name: str, dtype: Any = jnp.float32) -> nn.BatchNorm:
     )
 
 
+def _conv3x3(features: int, name: str, dtype: Any, stride: int = 1) -> nn.Conv:
+    """Bias-free 3x3 conv, padding 1, torch ResNet init; float32 kernel, ``dtype`` compute."""
+    return nn.Conv(
+        features,
+        (3, 3),
+        strides=stride,
+        padding=1,
+        use_bias=False,
+        kernel_init=conv_init,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
 def stage_widths(base_width: int) -> tuple[int, int, int]:
     """Returns the channel count of the three stages: ``(w, 2w, 4w)``."""
     return (base_width, 2 * base_width, 4 * base_width)
@@ -83,30 +98,11 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None, train: bool) -> jax.Array:
-        h = nn.Conv(
-            self.inner_channels,
-            (3, 3),
-            strides=self.stride,
-            padding=1,
-            use_bias=False,
-            kernel_init=conv_init,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            name="conv1",
-        )(x)
+        h = _conv3x3(self.inner_channels, "conv1", self.dtype, self.stride)(x)
         h = nn.relu(_bn(train, "bn1", self.dtype)(h))
         if mask is not None:
             h = h * mask.astype(h.dtype)  # f' = f (.) m, DER eq. (mask), per output channel
-        h = nn.Conv(
-            self.out_channels,
-            (3, 3),
-            padding=1,
-            use_bias=False,
-            kernel_init=conv_init,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            name="conv2",
-        )(h)
+        h = _conv3x3(self.out_channels, "conv2", self.dtype)(h)
         h = _bn(train, "bn2", self.dtype)(h)
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.out_channels:
@@ -155,16 +151,7 @@ class ResNet32(nn.Module):
             raise ValueError(f"inner_widths must have {NUM_BLOCKS} entries, got {len(inner)}")
         if masks is not None and len(masks) != NUM_BLOCKS:
             raise ValueError(f"masks must have {NUM_BLOCKS} entries, got {len(masks)}")
-        h = nn.Conv(
-            self.base_width,
-            (3, 3),
-            padding=1,
-            use_bias=False,
-            kernel_init=conv_init,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            name="conv0",
-        )(x)
+        h = _conv3x3(self.base_width, "conv0", self.dtype)(x)
         h = nn.relu(_bn(train, "bn0", self.dtype)(h))
         i = 0
         for s, c in enumerate(stage_widths(self.base_width)):

@@ -223,11 +223,7 @@ def make_train_step(
         aug=aug,
         compute_dtype=compute_dtype,
     )
-
-    def step(state, opt_state, data_x, data_y, idx, key, s):
-        return body(state, opt_state, data_x, data_y, idx, key, s)
-
-    return _jit(step, donate, wrap)
+    return _jit(body, donate, wrap)
 
 
 def make_train_epoch(
