@@ -149,20 +149,61 @@ def add_units(
 def add_units_all(
     net: ExpandableNet,
     key: jax.Array,
-    k: int,
+    k: int | Sequence[int],
     *,
     outgoing: str = "zero",
     kernel_init: Initializer = default_kernel_init,
 ) -> ExpandableNet:
-    """Appends ``k`` units to every hidden layer (DEN Alg. 3); see :func:`add_units`.
+    """Appends units to every hidden layer (DEN Alg. 3); see :func:`add_units`.
+
+    Args:
+      net: the network.
+      key: PRNG key; layer ``l`` draws from the ``l``-th split of it.
+      k: units per layer: one integer > 0 for every layer (the paper's k), or one integer
+        >= 0 per hidden layer, at least one of them > 0 (a layer given 0 is left as it is).
+      outgoing: see :func:`add_units`.
+      kernel_init: see :func:`add_units`.
 
     The new units of consecutive layers are connected to each other: the rows of layer
     ``l + 1``'s matrix that leave layer ``l``'s new units follow ``outgoing``.
     """
-    k = _check_positive("k (number of units to add)", k)
+    per_layer = units_per_layer(k, net.num_layers)
     for layer, layer_key in enumerate(jax.random.split(key, net.num_layers)):
-        net = add_units(net, layer_key, layer, k, outgoing=outgoing, kernel_init=kernel_init)
+        if per_layer[layer]:
+            net = add_units(
+                net, layer_key, layer, per_layer[layer], outgoing=outgoing, kernel_init=kernel_init
+            )
     return net
+
+
+def units_per_layer(k: int | Sequence[int], num_layers: int) -> tuple[int, ...]:
+    """``k`` as one count per hidden layer; raises ``ValueError`` naming a bad value.
+
+    Args:
+      k: one integer > 0 (the same for every layer) or a sequence of ``num_layers``
+        integers >= 0, at least one of them > 0.
+      num_layers: number of hidden layers.
+
+    Returns:
+      A tuple of ``num_layers`` non-negative integers.
+    """
+    if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+        return (_check_positive("k (number of units to add)", k),) * num_layers
+    if not isinstance(k, Sequence) or isinstance(k, str):
+        raise ValueError(f"k (units to add) must be an integer or one per layer, got {k!r}")
+    counts = tuple(k)
+    if len(counts) != num_layers:
+        raise ValueError(
+            f"k (units to add) has {len(counts)} entries {list(counts)}; expected one per "
+            f"hidden layer ({num_layers})"
+        )
+    bad = [c for c in counts if not isinstance(c, (int, np.integer)) or isinstance(c, bool)]
+    if bad or any(c < 0 for c in counts) or not any(counts):
+        raise ValueError(
+            f"k (units to add) per layer must be integers >= 0, at least one > 0; got "
+            f"{list(counts)}"
+        )
+    return tuple(int(c) for c in counts)
 
 
 def duplicate_units(

@@ -23,6 +23,10 @@ BAD_VALUES = [
     ("l1_lambda", True, "must be a number"),
     ("new_nodes_k", 0, "integers >= 1"),
     ("new_nodes_k", 2.5, "integer >= 1"),
+    ("new_nodes_k", [0, 0], "at least one >= 1"),
+    ("new_nodes_k", [3, -1], "integers >= 0"),
+    ("new_nodes_k", [], "one per hidden layer"),
+    ("new_nodes_k", [2, 1.5], "integers >= 0"),
     ("max_splits_per_layer", -1, "integers >= 0"),
     ("steps_task1", 0, "integers >= 1"),
     ("steps_head", 0, "integers >= 1"),
@@ -73,6 +77,11 @@ def test_defaults_valid_and_roundtrip(tmp_path):
     p.write_text(json.dumps({"new_nodes_k": 5, "drift_threshold": 1}))
     loaded = load_config(p)
     assert loaded.new_nodes_k == 5 and loaded.drift_threshold == 1
+    y = tmp_path / "k.yaml"
+    y.write_text("new_nodes_k: [40, 10]\n")
+    per_layer = load_config(y)
+    assert per_layer.new_nodes_k == (40, 10)
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(per_layer)))) == per_layer
     y = tmp_path / "c.yaml"
     y.write_text(yaml.safe_dump({"den": {"split_when": "after_expansion"}}))
     assert load_config(y).split_when == "after_expansion"

@@ -75,6 +75,25 @@ class LearnerTest(chex.TestCase):
         self.assertEqual(dj.task_widths(net, "a"), (8, 6))
         self.assertTrue(np.isfinite(rep["final_task_loss"]))
 
+    @parameterized.named_parameters(("first_layer_only", [4, 0]), ("second_only", [0, 2]))
+    def test_per_layer_k_adds_only_where_asked(self, k):
+        cfg = den.config_from_dict(
+            {**TINY, "new_nodes_k": k, "expansion_threshold": 0.0, "split_when": "never"}
+        )
+        net = dj.add_task(self.net_a, jax.random.key(2), "b", input_dim=6, output_dim=3)
+        net, rep = den.learn_task(net, jax.random.key(3), "b", _task(1), None, cfg)
+        exp = rep["phases"]["expansion"]
+        self.assertEqual(exp["added"], k)
+        self.assertEqual([a - p for a, p in zip(exp["added"], exp["pruned"])], exp["kept"])
+        self.assertEqual(list(net.widths), [w + kept for w, kept in zip((8, 6), exp["kept"])])
+        self.assertEqual(dj.task_widths(net, "a"), (8, 6))  # new units are stamped with b
+
+    def test_per_layer_k_must_match_depth(self):
+        cfg = den.config_from_dict({**TINY, "new_nodes_k": [3, 3, 3]})
+        net = dj.add_task(self.net_a, jax.random.key(2), "b", input_dim=6, output_dim=3)
+        with self.assertRaisesRegex(ValueError, r"new_nodes_k=\[3, 3, 3\] has 3 entries.*\(2\)"):
+            den.learn_task(net, jax.random.key(3), "b", _task(1), None, cfg)
+
     def test_no_expansion_above_loss_and_split_only_after_expansion(self):
         cfg = den.config_from_dict(
             {**TINY, "expansion_threshold": 1e9, "split_when": "after_expansion"}

@@ -50,6 +50,28 @@ class AddUnitsTest(parameterized.TestCase):
         self.assertGreater(float(jnp.abs(block).sum()), 0.0)
 
 
+    def test_add_units_all_per_layer_counts(self):
+        net = _net()
+        grown = dj.add_units_all(net, jax.random.PRNGKey(3), [3, 0], outgoing="init")
+        self.assertEqual(grown.widths, (7, 3))
+        chex.assert_trees_all_equal(grown.params["hidden"][1]["b"], net.params["hidden"][1]["b"])
+        # New layer-0 units feed the old layer-1 units (rows initialised for the newest task).
+        self.assertGreater(float(jnp.abs(grown.params["hidden"][1]["w"][4:]).sum()), 0.0)
+        grown = dj.add_units_all(net, jax.random.PRNGKey(3), (0, 2))
+        self.assertEqual(grown.widths, (4, 5))
+        self.assertEqual(grown.meta.next_unit_id, net.meta.next_unit_id + 2)
+
+    @parameterized.parameters(
+        ([2], r"has 1 entries \[2\]; expected one per hidden layer \(2\)"),
+        ([0, 0], "at least one > 0"),
+        ([1, -2], ">= 0"),
+        ("ab", "integer or one per layer"),
+    )
+    def test_add_units_all_rejects_bad_counts(self, k, fragment):
+        with self.assertRaisesRegex(ValueError, fragment):
+            dj.add_units_all(_net(), jax.random.PRNGKey(3), k)
+
+
 class DuplicateUnitsTest(absltest.TestCase):
     def test_copies_weights_and_records_parents(self):
         net = _net()

@@ -38,7 +38,9 @@ class DENConfig:
         tasks use (selective retraining and split).
       expansion_threshold: tau; expand when the loss after selective retraining exceeds it.
       drift_threshold: sigma; split units whose drift ``rho_i`` exceeds it.
-      new_nodes_k: k, units added per hidden layer at an expansion.
+      new_nodes_k: k, units added per hidden layer at an expansion: one integer >= 1 for
+        every layer (the paper), or a list with one integer >= 0 per hidden layer, at least
+        one of them >= 1 (checked against the network's depth when a task is learned).
       max_splits_per_layer: cap on duplicated units per layer and task (most drifted first).
       steps_task1: optimizer steps of task-1 training (Eq. 2).
       steps_head: steps of sparse output-head training before the search (Eq. 3).
@@ -71,7 +73,7 @@ class DENConfig:
     drift_lambda: float = 0.5
     expansion_threshold: float = 0.02
     drift_threshold: float = 0.05
-    new_nodes_k: int = 10
+    new_nodes_k: int | tuple[int, ...] = 10
     max_splits_per_layer: int = 10
     steps_task1: int = 4300
     steps_head: int = 430
@@ -93,6 +95,8 @@ class DENConfig:
     eval_batch_size: int = 1024
 
     def __post_init__(self):
+        if isinstance(self.new_nodes_k, list):
+            object.__setattr__(self, "new_nodes_k", tuple(self.new_nodes_k))
         validate_config(self)
 
 
@@ -108,7 +112,6 @@ _FLOAT_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "lr_decay_rate": (0.0, 1.0, False, True),
 }
 _INT_MINIMA: dict[str, int] = {
-    "new_nodes_k": 1,
     "max_splits_per_layer": 0,
     "steps_task1": 1,
     "steps_head": 1,
@@ -165,11 +168,38 @@ def validate_config(cfg: DENConfig) -> DENConfig:
             raise ValueError(
                 f"DENConfig.{name}={value!r} is out of range; allowed: integers >= {minimum}"
             )
+    _check_new_nodes_k(cfg.new_nodes_k)
     for name, choices in _CHOICES.items():
         value = getattr(cfg, name)
         if value not in choices:
             raise ValueError(f"DENConfig.{name}={value!r} is not allowed; choose one of {choices}")
     return cfg
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_new_nodes_k(value) -> None:
+    if _is_int(value):
+        if value < 1:
+            raise ValueError(
+                f"DENConfig.new_nodes_k={value!r} is out of range; allowed: integers >= 1, "
+                "or a list of integers >= 0 (one per hidden layer, at least one >= 1)"
+            )
+        return
+    ok = (
+        isinstance(value, tuple)
+        and len(value) > 0
+        and all(_is_int(v) and v >= 0 for v in value)
+        and any(v >= 1 for v in value)
+    )
+    if not ok:
+        raise ValueError(
+            f"DENConfig.new_nodes_k must be an integer >= 1 or a list of integers >= 0 (one "
+            f"per hidden layer, at least one >= 1), got "
+            f"{list(value) if isinstance(value, tuple) else value!r}"
+        )
 
 
 def config_from_dict(data: Mapping[str, Any]) -> DENConfig:

@@ -153,6 +153,11 @@ def learn_task_with_state(
             f"task {task!r} (index {spec.index}) is not the newest task "
             f"({net.meta.tasks[-1].name!r}); DEN learns tasks in order"
         )
+    if isinstance(cfg.new_nodes_k, tuple) and len(cfg.new_nodes_k) != net.num_layers:
+        raise ValueError(
+            f"DENConfig.new_nodes_k={list(cfg.new_nodes_k)} has {len(cfg.new_nodes_k)} entries; "
+            f"expected one per hidden layer of the network ({net.num_layers})"
+        )
     train = _as_data(train_data, "train_data", spec)
     valid = None if valid_data is None else _as_data(valid_data, "valid_data", spec)
     settings = make_settings(cfg, loss_fn=loss_fn, optimizer_factory=optimizer_factory)

@@ -291,8 +291,12 @@ def train_phase(
 # --------------------------------------------------------------------------- expansion
 
 
-def expand(state: PhaseState, key: jax.Array, task: str, k: int, settings: PhaseSettings):
+def expand(
+    state: PhaseState, key: jax.Array, task: str, k: int | tuple[int, ...], settings: PhaseSettings
+):
     """Adds ``k`` units to every hidden layer (Alg. 3), outgoing weights initialised.
+
+    ``k`` is one count for every layer or one per layer (see :func:`den_jax.add_units_all`).
 
     Returns:
       ``(state, new_units, update_mask)``: the grown network (optimizer state carried or
