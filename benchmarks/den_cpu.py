@@ -10,7 +10,7 @@ Measures, on this machine:
 
 Not a test: run by hand; writes ``benchmarks/results/den_cpu.json``::
 
-    python -m benchmarks.den_cpu --data-dir ../shared/data/mnist --den-tasks 2
+    python -m benchmarks.den_cpu --data-dir ../shared/data/mnist --den-tasks 10
 """
 
 from __future__ import annotations
@@ -121,9 +121,13 @@ def bench_den(data_dir: str, num_tasks: int, config: str | None) -> dict:
             net, jax.random.fold_in(key, i), task.name, (task.x_train, task.y_train),
             (task.x_valid, task.y_valid), cfg,
         )  # fmt: skip
+        steps = sum(ph.get("steps", 0) + ph.get("retrain", {}).get("steps", 0)
+                    for ph in report["phases"].values())  # fmt: skip
         per_task.append({"task": task.name, "seconds": time.perf_counter() - t0,
-                         "widths": list(net.widths)})  # fmt: skip
-    return {"config": config, "tasks": per_task}
+                         "optimizer_steps": steps, "widths": list(net.widths),
+                         "params": report["params"]})  # fmt: skip
+    total = sum(t["seconds"] for t in per_task)
+    return {"config": config, "tasks": per_task, "total_seconds": total}
 
 
 def _commit() -> str:
