@@ -49,7 +49,6 @@ class AddUnitsTest(parameterized.TestCase):
         block = grown.params["hidden"][1]["w"][4:, 3:]  # new layer-0 units -> new layer-1 units
         self.assertGreater(float(jnp.abs(block).sum()), 0.0)
 
-
     def test_add_units_all_per_layer_counts(self):
         net = _net()
         grown = dj.add_units_all(net, jax.random.PRNGKey(3), [3, 0], outgoing="init")
