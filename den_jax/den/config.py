@@ -162,7 +162,7 @@ def validate_config(cfg: DENConfig) -> DENConfig:
             )
     for name, minimum in _INT_MINIMA.items():
         value = getattr(cfg, name)
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        if not _is_int(value):
             raise ValueError(f"DENConfig.{name} must be an integer >= {minimum}, got {value!r}")
         if value < minimum:
             raise ValueError(
