@@ -217,7 +217,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     a = parse_args(argv)
-    from experiments.cifar100_der import PRESETS  # here: after argparse, so --help is fast
+    from den_jax.der.config import PRESETS  # here: after argparse, so --help is fast
 
     prov = _common.provenance(
         "benchmarks.der_protocol",
@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "runs": [],
     }
     for preset in presets:
-        cfg = dict(PRESETS[preset])
+        cfg = PRESETS[preset].to_dict()
         if a.epochs is not None:
             sched = ["--epochs", str(a.epochs)]
         elif a.epochs_scale is not None:

@@ -121,7 +121,7 @@ def build_state(
     seed: int = 0,
     calib_x: jax.Array | None = None,
 ) -> model.DERState:
-    """DER state at step t (t-1 frozen backbones), built with ``init_state`` + ``expand``.
+    """DER state at step t (t-1 frozen backbones), built with ``init_der_state`` + ``expand``.
 
     With ``calib_x`` (normalised images) the backbone's BN statistics are calibrated on
     it first, so the frozen copies made by ``expand`` carry realistic statistics.
@@ -129,7 +129,7 @@ def build_state(
     if t < 1 or t * classes_per_step > num_total:
         raise ValueError(f"t={t} x {classes_per_step} classes exceeds --num-total {num_total}")
     key = jax.random.key(seed)
-    state = model.init_state(
+    state = model.init_der_state(
         key,
         base_width=base_width,
         in_channels=3,

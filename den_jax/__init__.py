@@ -9,6 +9,7 @@ from den_jax.capacity import (
     index_map,
     unit_table,
 )
+from den_jax.masks import mask_updates, task_mask, trainable_mask
 from den_jax.network import (
     ACTIVATIONS,
     ExpandableNet,
@@ -46,8 +47,11 @@ __all__ = [
     "hidden_features",
     "index_map",
     "init_network",
+    "mask_updates",
     "remove_units",
+    "task_mask",
     "task_params",
     "task_widths",
+    "trainable_mask",
     "unit_table",
 ]

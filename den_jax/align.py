@@ -20,6 +20,11 @@ import numpy as np
 
 from den_jax.network import ExpandableNet
 
+__all__ = [
+    "align_tree",
+    "grow_opt_state",
+]
+
 
 def _layer_correspondence(old: ExpandableNet, new: ExpandableNet) -> list[int | None]:
     """For each new hidden layer, the old layer sharing its unit ids (None: a new layer)."""

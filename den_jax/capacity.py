@@ -9,6 +9,15 @@ import numpy as np
 
 from den_jax.network import ExpandableNet, resolve_task, task_params, task_widths
 
+__all__ = [
+    "capacity_report",
+    "count_active_units",
+    "count_params",
+    "count_stored_params",
+    "index_map",
+    "unit_table",
+]
+
 
 def index_map(net: ExpandableNet, task: int | str) -> dict[str, Any]:
     """The JSON-serialisable index map of one task: which units it may use, and its heads.

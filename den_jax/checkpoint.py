@@ -1,36 +1,72 @@
-"""Generic per-step checkpoints with orbax (V0 ``CheckpointManager`` API).
+"""Verified per-step checkpoints with orbax (V0 ``CheckpointManager`` API, synchronous).
 
-One *step* (a task, a growth phase, ...) is saved as two items:
+One *step* (a task, a growth phase, ...) is saved as two orbax items:
 
 * ``arrays``: any pytree of arrays, saved with ``ocp.args.StandardSave``;
 * ``meta``: a JSON-serialisable dict (config, class order, widths, ...), saved
   with ``ocp.args.JsonSave``.
 
-Restores are always *typed*: the caller gives an abstract target (a pytree of
-``jax.ShapeDtypeStruct``, e.g. from ``jax.eval_shape``), so optax states come
-back as their NamedTuples and a shape mismatch raises instead of silently
-padding (we never pass ``strict=False``). Because shapes often depend on the
-step (a network grows), :func:`restore_meta` reads the JSON part alone first so
-that the caller can rebuild the abstract target.
+**Digests.** After orbax has committed a step (written into a temporary directory
+and renamed it), :func:`save_step` writes ``<step>/den_jax_digests.json``
+atomically: the sha256 and size of every file of the step, the sha256 of every array
+leaf (over its dtype, shape and bytes) and of the metadata as canonical JSON (sorted
+keys). :func:`restore_step` and :func:`restore_meta` check the files first and the
+restored values afterwards, and raise :class:`CorruptCheckpointError` (a
+``ValueError``) naming the step and the file or leaf that differs. A step folder
+without the digest record (empty, written by another program, or a process killed
+between orbax's commit and the record) is not a completed step: :func:`completed_steps`
+skips it with a warning, and :func:`save_step` moves it to ``<directory>.unusable/``
+before writing that step again. :func:`verified_steps` and
+:func:`latest_verified_step` hash everything and name what failed, so that a caller
+resumes from the newest step that is intact.
 
-Saves are waited for (``wait_until_finished``) before :func:`save_step`
-returns; orbax writes into a temporary directory and renames it on commit, so a
-process killed in the middle of a save never leaves a step that
-:func:`completed_steps` would list.
+Restores are always *typed*: the caller gives an abstract target (a pytree of
+``jax.ShapeDtypeStruct``), so optax states come back as their NamedTuples and a shape
+mismatch raises (we never pass ``strict=False``). :func:`restore_meta` reads the JSON
+part alone first so that the caller can rebuild the target of a grown network.
+
+Saves are synchronous (``enable_async_checkpointing=False``) and every manager is
+closed before returning, so a failed save (e.g. a read-only folder) raises ``OSError``
+naming the folder and leaves no background thread that would keep the process alive.
 
 Note: ``JsonSave`` turns int dict keys into strings (``{0: x}`` -> ``{"0": x}``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from den_jax import digests
+from den_jax.digests import DIGESTS, CorruptCheckpointError
+from den_jax.jsonio import read_json, write_json_atomic
+
+__all__ = [
+    "ARRAYS",
+    "DIGESTS",
+    "META",
+    "CorruptCheckpointError",
+    "check_config_compatible",
+    "completed_steps",
+    "latest_step",
+    "latest_verified_step",
+    "read_json",
+    "restore_meta",
+    "restore_step",
+    "save_step",
+    "verified_steps",
+    "verify_step",
+    "write_json_atomic",
+]
 
 PyTree = Any
 
@@ -40,14 +76,42 @@ META = "meta"
 _log = logging.getLogger(__name__)
 
 
-def _manager(directory: str, max_to_keep: int | None = None) -> ocp.CheckpointManager:
-    """Builds a synchronous-on-return manager over ``directory`` (created if missing)."""
+def verify_step(directory: str, step: int) -> None:
+    """Checks every file of a step against its digest record (every byte is read).
+
+    Args:
+      directory: checkpoint root.
+      step: step id.
+
+    Raises:
+      CorruptCheckpointError: naming the step and the first file that is missing,
+        truncated or changed (or the missing/damaged record itself).
+    """
     directory = os.path.abspath(os.fspath(directory))
-    os.makedirs(directory, exist_ok=True)
+    digests.verify_files(directory, int(step), digests.read_record(directory, int(step)))
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _manager(directory: str, *, max_to_keep: int | None = None, write: bool = False):
+    """A synchronous manager over ``directory``; the caller must ``close()`` it."""
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
+        max_to_keep=max_to_keep,
+        create=write,
+        cleanup_tmp_directories=write,
+        read_only=not write,
+        enable_async_checkpointing=False,
     )
     return ocp.CheckpointManager(directory, options=options, item_names=(ARRAYS, META))
+
+
+def _move_aside(directory: str, step: int, reason: str) -> None:
+    aside = directory.rstrip(os.sep) + ".unusable"
+    os.makedirs(aside, exist_ok=True)
+    dest = os.path.join(aside, f"{step}.{time.time_ns()}")
+    shutil.move(digests.step_dir(directory, step), dest)
+    _log.warning("checkpoint step %d in %s (%s) moved to %s", step, directory, reason, dest)
 
 
 def save_step(
@@ -58,7 +122,7 @@ def save_step(
     *,
     max_to_keep: int | None = None,
 ) -> None:
-    """Saves one completed step and waits until it is committed on disk.
+    """Saves one completed step, waits until it is committed and records its digests.
 
     Args:
       directory: checkpoint root (one sub-directory per step is created).
@@ -68,32 +132,54 @@ def save_step(
       max_to_keep: keep only the newest N steps (None keeps all).
 
     Raises:
-      ValueError: if ``step`` is negative or already saved.
+      ValueError: if ``step`` is negative or already saved (and verifies).
+      OSError: naming the folder when it cannot be written (read-only, full, ...).
     """
-    if int(step) < 0:
+    step = int(step)
+    if step < 0:
         raise ValueError(f"step must be a non-negative integer, got {step}")
-    mngr = _manager(directory, max_to_keep)
-    try:
-        if int(step) in mngr.all_steps():
+    directory = os.path.abspath(os.fspath(directory))
+    arrays = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), arrays)
+    try:  # what JsonSave will store and restore
+        meta = json.loads(json.dumps(dict(meta)))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint step {step}: meta is not JSON-serialisable ({err})") from err
+    if os.path.exists(digests.step_dir(directory, step)):
+        try:
+            verify_step(directory, step)
+        except CorruptCheckpointError as err:
+            _move_aside(directory, step, f"does not verify: {err}")
+        else:
             raise ValueError(
                 f"step {step} already exists in {directory!r}; completed steps are immutable"
             )
-        arrays = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), arrays)
-        mngr.save(
-            int(step),
-            args=ocp.args.Composite(
-                **{ARRAYS: ocp.args.StandardSave(arrays), META: ocp.args.JsonSave(dict(meta))}
-            ),
-            force=True,
-        )
-        mngr.wait_until_finished()
-    finally:
-        mngr.close()
+    try:
+        os.makedirs(directory, exist_ok=True)
+        mngr = _manager(directory, max_to_keep=max_to_keep, write=True)
+        try:
+            mngr.save(
+                step,
+                args=ocp.args.Composite(
+                    **{ARRAYS: ocp.args.StandardSave(arrays), META: ocp.args.JsonSave(meta)}
+                ),
+                force=True,
+            )
+            mngr.wait_until_finished()
+        finally:
+            mngr.close()
+        digests.write_record(directory, step, arrays, meta)
+    except OSError as err:
+        raise OSError(
+            err.errno, f"could not save checkpoint step {step} in {directory!r}: {err}"
+        ) from err
     _log.info("saved checkpoint step %d in %s", step, directory)
 
 
 def completed_steps(directory: str) -> list[int]:
-    """Lists the committed steps in ``directory`` (empty if it does not exist).
+    """Lists the committed steps that carry a digest record (empty if no ``directory``).
+
+    Step folders without a record (empty, unfinished, foreign) are skipped with a warning.
+    Orbax's temporary folders (``<step>.orbax-checkpoint-tmp-*``) are never listed.
 
     Args:
       directory: checkpoint root.
@@ -103,29 +189,64 @@ def completed_steps(directory: str) -> list[int]:
     """
     if not os.path.isdir(directory):
         return []
-    mngr = _manager(directory)
-    try:
-        return sorted(int(s) for s in mngr.all_steps())
-    finally:
-        mngr.close()
+    steps = []
+    for name in os.listdir(directory):
+        if not (name.isdigit() and os.path.isdir(os.path.join(directory, name))):
+            continue
+        if os.path.isfile(os.path.join(directory, name, DIGESTS)):
+            steps.append(int(name))
+        else:
+            _log.warning(
+                "ignoring checkpoint folder %s: no %s (an empty or unfinished step)",
+                os.path.join(directory, name),
+                DIGESTS,
+            )
+    return sorted(steps)
 
 
 def latest_step(directory: str) -> int | None:
-    """Returns the newest committed step, or None when there is none."""
+    """Returns the newest completed step (not verified; see :func:`latest_verified_step`)."""
     steps = completed_steps(directory)
     return steps[-1] if steps else None
 
 
-def _check_step(directory: str, step: int) -> None:
-    steps = completed_steps(directory)
-    if int(step) not in steps:
+def verified_steps(directory: str) -> list[int]:
+    """The completed steps whose files all match their digests (every byte is read).
+
+    A step that fails is logged (warning) with the step and the file that differs.
+    """
+    good = []
+    for s in completed_steps(directory):
+        try:
+            verify_step(directory, s)
+            good.append(s)
+        except CorruptCheckpointError as err:
+            _log.warning("%s", err)
+    return good
+
+
+def latest_verified_step(directory: str) -> int | None:
+    """The newest completed step that verifies (None if none does); failures are logged."""
+    for s in reversed(completed_steps(directory)):
+        try:
+            verify_step(directory, s)
+            return s
+        except CorruptCheckpointError as err:
+            _log.warning("%s; trying an older step", err)
+    return None
+
+
+def _check_step(directory: str, step: int) -> dict:
+    if not os.path.isdir(digests.step_dir(directory, step)):
         raise ValueError(
-            f"no completed checkpoint step {step} in {directory!r}; completed steps: {steps}"
+            f"no completed checkpoint step {step} in {directory!r}; completed steps: "
+            f"{completed_steps(directory)}"
         )
+    return digests.read_record(directory, step)
 
 
 def restore_meta(directory: str, step: int) -> dict[str, Any]:
-    """Restores only the JSON part of a step.
+    """Restores only the JSON part of a step (its files and value verified).
 
     Args:
       directory: checkpoint root.
@@ -133,18 +254,28 @@ def restore_meta(directory: str, step: int) -> dict[str, Any]:
 
     Returns:
       The dict given to :func:`save_step` (int keys turned into strings).
+
+    Raises:
+      ValueError: if the step does not exist.
+      CorruptCheckpointError: if the metadata does not match its digests.
     """
-    _check_step(directory, step)
+    directory, step = os.path.abspath(os.fspath(directory)), int(step)
+    rec = _check_step(directory, step)
+    digests.verify_files(directory, step, rec, (META,))
     mngr = _manager(directory)
     try:
-        out = mngr.restore(int(step), args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
-        return dict(out[META])
+        out = mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+    except (ValueError, KeyError, OSError) as err:
+        raise CorruptCheckpointError(directory, step, f"{META}/", f"unreadable: {err!r}") from err
     finally:
         mngr.close()
+    meta = dict(out[META])
+    digests.check_meta(directory, step, rec, meta)
+    return meta
 
 
 def restore_step(directory: str, step: int, abstract_arrays: PyTree) -> tuple[PyTree, dict]:
-    """Typed restore of one step.
+    """Typed, verified restore of one step.
 
     Args:
       directory: checkpoint root.
@@ -158,10 +289,14 @@ def restore_step(directory: str, step: int, abstract_arrays: PyTree) -> tuple[Py
       kept; values cast to the target's dtypes), and the JSON dict.
 
     Raises:
-      ValueError: if the step is missing or the target's shapes differ from the
-        saved ones (orbax refuses to pad or truncate; we never allow it).
+      ValueError: if the step is missing or the target's structure or shapes differ
+        from the saved ones (orbax refuses to pad or truncate; we never allow it).
+      CorruptCheckpointError: if a file, an array leaf (compared when the target keeps
+        the saved dtype) or the metadata does not match its digest.
     """
-    _check_step(directory, step)
+    directory, step = os.path.abspath(os.fspath(directory)), int(step)
+    rec = _check_step(directory, step)
+    digests.verify_files(directory, step, rec)
     target = jax.tree.map(
         lambda x: (
             x
@@ -173,7 +308,7 @@ def restore_step(directory: str, step: int, abstract_arrays: PyTree) -> tuple[Py
     mngr = _manager(directory)
     try:
         out = mngr.restore(
-            int(step),
+            step,
             args=ocp.args.Composite(
                 **{ARRAYS: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}
             ),
@@ -183,6 +318,8 @@ def restore_step(directory: str, step: int, abstract_arrays: PyTree) -> tuple[Py
             f"checkpoint step {step} in {directory!r} does not match the requested "
             f"structure/shapes: {e}"
         ) from e
+    except (KeyError, OSError) as err:
+        raise CorruptCheckpointError(directory, step, f"{ARRAYS}/", f"unreadable: {err!r}") from err
     finally:
         mngr.close()
     arrays = out[ARRAYS]
@@ -205,7 +342,10 @@ def restore_step(directory: str, step: int, abstract_arrays: PyTree) -> tuple[Py
             f"checkpoint step {step} in {directory!r} does not match the requested shapes: "
             + "; ".join(bad)
         )
-    return arrays, dict(out[META])
+    digests.check_leaves(directory, step, rec, arrays)
+    meta = dict(out[META])
+    digests.check_meta(directory, step, rec, meta)
+    return arrays, meta
 
 
 def check_config_compatible(

@@ -35,6 +35,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "ACTIVATIONS",
+    "SHARED_INPUT",
+    "ExpandableNet",
+    "Initializer",
+    "LayerUnits",
+    "NetMeta",
+    "TaskSpec",
+    "add_task",
+    "apply",
+    "check_layer",
+    "check_positive",
+    "default_kernel_init",
+    "hidden_features",
+    "init_network",
+    "resolve_task",
+    "shallow_copy",
+    "task_params",
+    "task_widths",
+]
+
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 
 SHARED_INPUT = "shared"
@@ -151,7 +172,16 @@ class ExpandableNet:
 
 
 def resolve_task(meta: NetMeta, task: int | str) -> TaskSpec:
-    """Looks a task up by index or name; raises ``ValueError`` naming the known tasks."""
+    """Looks a task up by index or name; raises ``ValueError`` naming the known tasks.
+
+    A traced ``task`` (``jax.jit(apply)`` without ``static_argnums``) is refused with a
+    message saying how to pass it statically.
+    """
+    if isinstance(task, jax.core.Tracer):
+        raise ValueError(
+            "task is a traced value; pass `task` as a static argument "
+            "(jax.jit(apply, static_argnums=2)): the task decides the shapes of the forward pass"
+        )
     if isinstance(task, (int, np.integer)) and not isinstance(task, bool):
         if 0 <= int(task) < len(meta.tasks):
             return meta.tasks[int(task)]
@@ -178,7 +208,16 @@ def check_layer(meta: NetMeta, layer: int) -> int:
     return int(layer)
 
 
-def _check_positive(name: str, value: int) -> int:
+def check_positive(name: str, value: int) -> int:
+    """Returns ``value`` as an int; raises ``ValueError`` naming ``name`` unless it is > 0.
+
+    Args:
+      name: what the value is (used in the message), e.g. ``"input_dim"``.
+      value: the value to check (a Python or NumPy integer; bools are refused).
+
+    Returns:
+      ``int(value)``.
+    """
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
@@ -205,7 +244,7 @@ def init_network(
     Returns:
       An :class:`ExpandableNet`; its units are stamped with task index 0.
     """
-    widths = [int(_check_positive(f"hidden_widths[{i}]", w)) for i, w in enumerate(hidden_widths)]
+    widths = [int(check_positive(f"hidden_widths[{i}]", w)) for i, w in enumerate(hidden_widths)]
     if not widths:
         raise ValueError("hidden_widths must name at least one hidden layer, got []")
     if activation not in ACTIVATIONS:
@@ -213,7 +252,7 @@ def init_network(
             f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
         )
     if shared_input_dim is not None:
-        _check_positive("shared_input_dim", shared_input_dim)
+        check_positive("shared_input_dim", shared_input_dim)
     keys = jax.random.split(key, len(widths) + 1)
     hidden = [{"b": jnp.zeros((widths[0],), jnp.float32)}]
     for layer in range(1, len(widths)):
@@ -276,8 +315,8 @@ def add_task(
         raise ValueError(f"task {name!r} already exists (tasks: {list(net.task_names)})")
     if name == SHARED_INPUT:
         raise ValueError(f"task name {SHARED_INPUT!r} is reserved for the shared input layer")
-    input_dim = _check_positive("input_dim", input_dim)
-    output_dim = _check_positive("output_dim", output_dim)
+    input_dim = check_positive("input_dim", input_dim)
+    output_dim = check_positive("output_dim", output_dim)
     shared = net.meta.shared_input_dim
     if own_input_head is None:
         own_input_head = shared is None or input_dim != shared
@@ -287,7 +326,7 @@ def add_task(
             f"but its input_dim is {input_dim}"
         )
     k_in, k_out = jax.random.split(key)
-    params = _shallow_copy(net.params)
+    params = shallow_copy(net.params)
     widths = net.widths
     if own_input_head:
         params["input_heads"][name] = {"w": kernel_init(k_in, (input_dim, widths[0]), jnp.float32)}
@@ -307,8 +346,15 @@ def add_task(
     return ExpandableNet(params=params, meta=meta)
 
 
-def _shallow_copy(params: dict) -> dict:
-    """Copies the container structure of ``params`` (arrays are immutable, so shared)."""
+def shallow_copy(params: dict) -> dict:
+    """Copies the container structure of ``params`` (arrays are immutable, so shared).
+
+    Args:
+      params: a parameter pytree (nested dicts and lists of arrays).
+
+    Returns:
+      New dicts and lists holding the same array objects, safe to modify in place.
+    """
     return jax.tree.map(lambda x: x, params)
 
 
@@ -351,12 +397,22 @@ def _check_input(spec: TaskSpec, x: jax.Array) -> jax.Array:
     return x
 
 
-def _features(activation: str, tp: dict, x: jax.Array) -> list[jax.Array]:
+def _features(
+    activation: str, tp: dict, x: jax.Array, dropout: float = 0.0, key: jax.Array | None = None
+) -> list[jax.Array]:
     act = ACTIVATIONS[activation]
-    h = act(x @ tp["input"]["w"] + tp["hidden"][0]["b"])
+    keys = None if dropout == 0.0 else jax.random.split(key, len(tp["hidden"]))
+
+    def drop(h, layer):
+        if keys is None:
+            return h
+        keep = jax.random.bernoulli(keys[layer], 1.0 - dropout, h.shape)
+        return jnp.where(keep, h / (1.0 - dropout), 0.0)
+
+    h = drop(act(x @ tp["input"]["w"] + tp["hidden"][0]["b"]), 0)
     features = [h]
-    for hp in tp["hidden"][1:]:
-        h = act(h @ hp["w"] + hp["b"])
+    for layer, hp in enumerate(tp["hidden"][1:], start=1):
+        h = drop(act(h @ hp["w"] + hp["b"]), layer)
         features.append(h)
     return features
 
@@ -368,13 +424,24 @@ def hidden_features(net: ExpandableNet, x: jax.Array, task: int | str) -> list[j
     return _features(net.meta.activation, task_params(net, spec.name), x)
 
 
-def apply(net: ExpandableNet, x: jax.Array, task: int | str) -> jax.Array:
+def apply(
+    net: ExpandableNet,
+    x: jax.Array,
+    task: int | str,
+    *,
+    dropout: float = 0.0,
+    key: jax.Array | None = None,
+) -> jax.Array:
     """Task ``task``'s forward pass with timestamped inference (DEN §3.4).
 
     Args:
       net: the network.
       x: inputs ``[..., d_in]`` with ``d_in`` the task's input width.
-      task: task index or name; static under ``jax.jit`` (``static_argnums=2``).
+      task: task index or name; static under ``jax.jit`` (``static_argnums=2``). A traced
+        ``task`` raises ``ValueError``.
+      dropout: inverted-dropout rate on every hidden activation, in ``[0, 1)``; 0 (the
+        default) is the deterministic forward pass.
+      key: PRNG key of the dropout masks; required when ``dropout > 0``.
 
     Returns:
       Logits (or regression outputs) ``[..., d_out]``; only units with timestamp
@@ -382,8 +449,12 @@ def apply(net: ExpandableNet, x: jax.Array, task: int | str) -> jax.Array:
     """
     spec = resolve_task(net.meta, task)
     x = _check_input(spec, x)
+    if isinstance(dropout, jax.core.Tracer) or not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be a static float in [0, 1), got {dropout!r}")
+    if dropout and key is None:
+        raise ValueError(f"dropout={dropout} needs a PRNG key (apply(..., key=key))")
     tp = task_params(net, spec.name)
-    h = _features(net.meta.activation, tp, x)[-1]
+    h = _features(net.meta.activation, tp, x, float(dropout), key)[-1]
     out = h @ tp["output"]["w"] + tp["output"]["b"]
     chex.assert_shape(out, (*x.shape[:-1], spec.output_dim))
     return out

@@ -3,6 +3,10 @@
 The static part (:class:`~den_jax.network.NetMeta`) becomes JSON; the parameter shapes
 are derived from it, so a restore is always typed: JSON first, then the arrays into
 ``jax.ShapeDtypeStruct`` targets built from the JSON (see :mod:`den_jax.checkpoint`).
+
+Both directions are checked: :func:`save_network` refuses parameters that hold NaN or
+Inf (nothing non-finite is checkpointed), and :func:`load_network` verifies the step's
+digests (:class:`den_jax.checkpoint.CorruptCheckpointError` names the step and file).
 """
 
 from __future__ import annotations
@@ -15,7 +19,16 @@ import jax.numpy as jnp
 
 from den_jax import checkpoint
 from den_jax.capacity import index_map
+from den_jax.data.checks import check_finite
 from den_jax.network import SHARED_INPUT, ExpandableNet, LayerUnits, NetMeta, TaskSpec
+
+__all__ = [
+    "abstract_params",
+    "load_network",
+    "meta_from_json",
+    "meta_to_json",
+    "save_network",
+]
 
 
 def meta_to_json(meta: NetMeta) -> dict[str, Any]:
@@ -99,7 +112,17 @@ def save_network(
       extra_arrays: optional pytree of arrays saved beside the parameters (an optimizer
         state, a memory, ...); restore it with a matching ``extra_abstract``.
       extra_meta: optional JSON-serialisable dict (config, metrics, ...).
+
+    Raises:
+      ValueError: if a parameter holds NaN or Inf (naming the step and the parameter), or
+        as :func:`den_jax.checkpoint.save_step`.
     """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(net.params)[0]:
+        check_finite(
+            leaf,
+            what=f"refusing to checkpoint step {step} in {directory!r}: parameter "
+            f"{jax.tree_util.keystr(path)}",
+        )
     meta = {
         "network": meta_to_json(net.meta),
         "index_maps": {name: index_map(net, name) for name in net.task_names},
@@ -124,8 +147,15 @@ def load_network(
     Returns:
       ``(net, extra_arrays, meta)`` where ``meta`` holds ``network``, ``index_maps`` and
       ``extra`` (the JSON saved).
+
+    Raises:
+      CorruptCheckpointError: (a ValueError) if the step's files or values differ from
+        the digests recorded when it was saved.
+      ValueError: if the step is missing or is not a saved network.
     """
     saved = checkpoint.restore_meta(directory, step)
+    if "network" not in saved:
+        raise ValueError(f"checkpoint step {step} in {directory!r} does not hold a network")
     meta = meta_from_json(saved["network"])
     if callable(extra_abstract):
         extra_abstract = extra_abstract(meta)

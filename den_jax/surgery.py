@@ -23,11 +23,21 @@ from den_jax.network import (
     ExpandableNet,
     Initializer,
     LayerUnits,
-    _check_positive,
-    _shallow_copy,
     check_layer,
+    check_positive,
     default_kernel_init,
+    shallow_copy,
 )
+
+__all__ = [
+    "DUPLICATE_OUTGOING_MODES",
+    "OUTGOING_MODES",
+    "add_units",
+    "add_units_all",
+    "duplicate_units",
+    "remove_units",
+    "units_per_layer",
+]
 
 OUTGOING_MODES = ("zero", "init")
 DUPLICATE_OUTGOING_MODES = ("copy", "split", "zero")
@@ -115,11 +125,11 @@ def add_units(
       they are stamped with the newest task.
     """
     layer = check_layer(net.meta, layer)
-    k = _check_positive("k (number of units to add)", k)
+    k = check_positive("k (number of units to add)", k)
     if outgoing not in OUTGOING_MODES:
         raise ValueError(f"outgoing must be one of {OUTGOING_MODES}, got {outgoing!r}")
     k_in, k_out = jax.random.split(key)
-    params = _shallow_copy(net.params)
+    params = shallow_copy(net.params)
     in_keys = iter(jax.random.split(k_in, max(len(params["input_heads"]), 1)))
 
     def grow_in(w):
@@ -188,7 +198,7 @@ def units_per_layer(k: int | Sequence[int], num_layers: int) -> tuple[int, ...]:
       A tuple of ``num_layers`` non-negative integers.
     """
     if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
-        return (_check_positive("k (number of units to add)", k),) * num_layers
+        return (check_positive("k (number of units to add)", k),) * num_layers
     if not isinstance(k, Sequence) or isinstance(k, str):
         raise ValueError(f"k (units to add) must be an integer or one per layer, got {k!r}")
     counts = tuple(k)
@@ -239,7 +249,7 @@ def duplicate_units(
     idx = _check_units(net, layer, units, "duplicate_units")
     if outgoing not in DUPLICATE_OUTGOING_MODES:
         raise ValueError(f"outgoing must be one of {DUPLICATE_OUTGOING_MODES}, got {outgoing!r}")
-    params = _shallow_copy(net.params)
+    params = shallow_copy(net.params)
     _map_incoming(net, params, layer, lambda w: jnp.concatenate([w, w[:, idx]], axis=1))
     hp = params["hidden"][layer]
     params["hidden"][layer] = {**hp, "b": jnp.concatenate([hp["b"], hp["b"][idx]])}
@@ -284,7 +294,7 @@ def remove_units(net: ExpandableNet, layer: int, units: Sequence[int]) -> Expand
             "leave it empty; at least one unit must stay"
         )
     keep = np.setdiff1d(np.arange(width), idx)
-    params = _shallow_copy(net.params)
+    params = shallow_copy(net.params)
     _map_incoming(net, params, layer, lambda w: w[:, keep])
     hp = params["hidden"][layer]
     params["hidden"][layer] = {**hp, "b": hp["b"][keep]}

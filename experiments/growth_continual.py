@@ -10,13 +10,16 @@ logged.
 
     python -m experiments.growth_continual --out /tmp/growth_continual
     python -m experiments.growth_continual --quick --out /tmp/growth_continual_q
+
+``--quick`` changes the defaults only (2 chunks, 2 epochs per stage): flags given
+explicitly keep their values. ``--epochs`` and ``--chunks`` must be >= 1 (and every chunk
+must hold a batch), ``--seed`` >= 0; bad flags give one ``error:`` line and exit code 2.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
+import sys
 
 import jax
 import numpy as np
@@ -24,25 +27,41 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from den_jax import growth as g
-from den_jax.growth import visualize
+from den_jax import plots
+from den_jax.checkpoint import write_json_atomic
+from experiments.growth_cli import Parser, int_at_least, pick, run_cli
+
+
+def parse_args(argv=None):
+    """Parses and checks the flags; ``--quick`` fills in only the flags not given."""
+    p = Parser(prog="python -m experiments.growth_continual", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--quick", action="store_true", help="defaults 2 chunks, 2 epochs per stage (smoke test)"
+    )
+    p.add_argument("--out", default=None, help="directory for JSON and PNGs")
+    p.add_argument("--epochs", type=int_at_least(1), help="epochs per stage (default 30)")
+    p.add_argument("--chunks", type=int_at_least(1), help="chunks of the stream (default 3)")
+    p.add_argument("--seed", type=int_at_least(0), default=0)
+    args = p.parse_args(argv)
+    args.epochs = pick(args.epochs, args.quick, 2, 30)
+    args.chunks = pick(args.chunks, args.quick, 2, 3)
+    return args
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="2 chunks, 2 epochs per stage (smoke test)")
-    p.add_argument("--out", default=None, help="directory for JSON and PNGs")
-    p.add_argument("--epochs", type=int, default=30, help="epochs per stage")
-    p.add_argument("--chunks", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    epochs = 2 if args.quick else args.epochs
-    n_chunks = 2 if args.quick else args.chunks
+    args = parse_args(argv)
+    epochs, n_chunks = args.epochs, args.chunks
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=0.3, random_state=args.seed, stratify=y
     )
     cfg = g.TrainerConfig(learning_rate=3e-3, batch_size=32, seed=args.seed)
+    if n_chunks > len(x_tr) // cfg.batch_size:
+        raise ValueError(
+            f"--chunks {n_chunks} is too many: {len(x_tr)} training samples allow at most "
+            f"{len(x_tr) // cfg.batch_size} chunks of one batch ({cfg.batch_size}) or more"
+        )
     strategy = g.LossPlateau(
         patience=1 if args.quick else 3,
         cooldown=1 if args.quick else 2,
@@ -92,13 +111,12 @@ def main(argv=None) -> dict:
     }
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        visualize.plot_history(
+        plots.plot_history(
             state.history,
             os.path.join(args.out, "growth_continual_history.png"),
             title=f"digits stream ({n_chunks} chunks, then parity task)",
         )
-        with open(os.path.join(args.out, "growth_continual.json"), "w") as f:
-            json.dump(report, f, indent=1)
+        write_json_atomic(os.path.join(args.out, "growth_continual.json"), report)
     for s in stages:
         extra = f", parity acc {s['parity_test']['accuracy']:.4f}" if "parity_test" in s else ""
         print(
@@ -109,4 +127,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -8,13 +8,17 @@ standardised with training statistics; 60/20/20 train/validation/test split.
 
     python -m experiments.growth_diabetes --out /tmp/growth_diabetes
     python -m experiments.growth_diabetes --quick --out /tmp/growth_diabetes_q
+
+``--quick`` changes the defaults only (8 epochs, forced growth): flags given explicitly
+keep their values. ``--epochs`` must be >= 2 (the run is saved half-way), ``--max-units``
+>= 1 and ``--seed`` >= 0; bad flags give one ``error:`` line and exit code 2. The
+half-way checkpoint goes to a new temporary folder (named in the JSON report).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
+import sys
 import tempfile
 
 import jax
@@ -23,7 +27,9 @@ from sklearn.datasets import load_diabetes
 from sklearn.model_selection import train_test_split
 
 from den_jax import growth as g
-from den_jax.growth import visualize
+from den_jax import plots
+from den_jax.checkpoint import write_json_atomic
+from experiments.growth_cli import Parser, int_at_least, pick, run_cli
 
 
 def data(seed: int):
@@ -38,15 +44,24 @@ def data(seed: int):
     return norm(x_tr, y_tr), norm(x_val, y_val), norm(x_te, y_te)
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="8 epochs, forced growth (smoke test)")
+def parse_args(argv=None):
+    """Parses and checks the flags; ``--quick`` fills in only the flags not given."""
+    p = Parser(prog="python -m experiments.growth_diabetes", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--quick", action="store_true", help="default 8 epochs, forced growth (smoke test)"
+    )
     p.add_argument("--out", default=None, help="directory for JSON and PNGs")
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-units", type=int, default=64)
+    p.add_argument("--epochs", type=int_at_least(2), help="epochs (default 200)")
+    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--max-units", type=int_at_least(1), default=64)
     args = p.parse_args(argv)
-    epochs = 8 if args.quick else args.epochs
+    args.epochs = pick(args.epochs, args.quick, 8, 200)
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    epochs = args.epochs
     train, val, test = data(args.seed)
     cfg = g.TrainerConfig(problem="regression", learning_rate=3e-3, batch_size=32, seed=args.seed)
     strategy = g.Adaptive(
@@ -81,20 +96,19 @@ def main(argv=None) -> dict:
     }
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        visualize.plot_history(
+        plots.plot_history(
             state.history, os.path.join(args.out, "growth_diabetes_history.png"), title="diabetes"
         )
-        visualize.plot_architecture(
+        plots.plot_architecture(
             state.history,
             os.path.join(args.out, "growth_diabetes_architecture.png"),
             title="diabetes: hidden widths",
         )
-        with open(os.path.join(args.out, "growth_diabetes.json"), "w") as f:
-            json.dump(report, f, indent=1)
+        write_json_atomic(os.path.join(args.out, "growth_diabetes.json"), report)
     print(report["summary"])
-    print("test:", json.dumps(report["test"]))
+    print("test:", report["test"])
     return report
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

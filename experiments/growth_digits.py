@@ -11,13 +11,15 @@ optimizer steps. Both report test accuracy after the last epoch (no early stoppi
     python -m experiments.growth_digits --quick --out /tmp/growth_digits_q  # smoke test
 
 Writes ``growth_digits.json`` and PNGs (history, architecture, unit importance) to --out.
+``--quick`` changes the defaults only (1 seed, 6 epochs, forced growth): flags given
+explicitly keep their values. ``--seeds``, ``--epochs`` and ``--max-units`` must be >= 1;
+bad flags give one ``error:`` line and exit code 2.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
+import sys
 import time
 
 import jax
@@ -26,7 +28,10 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from den_jax import growth as g
-from den_jax.growth import importance, visualize
+from den_jax import plots
+from den_jax.checkpoint import write_json_atomic
+from den_jax.growth import importance
+from experiments.growth_cli import Parser, int_at_least, pick, run_cli
 
 
 def split(seed: int):
@@ -91,18 +96,18 @@ def run_seed(seed: int, epochs: int, max_units: int, out: str | None, quick: boo
         "summary": g.growth_summary(grow.history),
     }
     if out and seed == 0:
-        visualize.plot_history(
+        plots.plot_history(
             grow.history,
             os.path.join(out, "growth_digits_history.png"),
             title="digits, start [8, 8]",
         )
-        visualize.plot_architecture(
+        plots.plot_architecture(
             grow.history,
             os.path.join(out, "growth_digits_architecture.png"),
             title=f"digits: widths [8, 8] -> {final_widths}",
         )
         scores = importance.unit_importance(grow.net, "main", method="weight")
-        visualize.plot_layer_importance(
+        plots.plot_layer_importance(
             scores,
             os.path.join(out, "growth_digits_importance.png"),
             title="digits: unit importance (|w_in| |w_out|)",
@@ -110,17 +115,25 @@ def run_seed(seed: int, epochs: int, max_units: int, out: str | None, quick: boo
     return result
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv=None):
+    """Parses and checks the flags; ``--quick`` fills in only the flags not given."""
+    p = Parser(prog="python -m experiments.growth_digits", description=__doc__.split("\n")[0])
     p.add_argument(
-        "--quick", action="store_true", help="1 seed x 6 epochs, forced growth (smoke test)"
+        "--quick", action="store_true", help="defaults 1 seed x 6 epochs, forced growth (smoke)"
     )
     p.add_argument("--out", default=None, help="directory for JSON and PNGs")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=80)
-    p.add_argument("--max-units", type=int, default=128)
+    p.add_argument("--seeds", type=int_at_least(1), help="number of seeds (default 3)")
+    p.add_argument("--epochs", type=int_at_least(1), help="epochs per run (default 80)")
+    p.add_argument("--max-units", type=int_at_least(1), default=128)
     args = p.parse_args(argv)
-    seeds, epochs = (1, 6) if args.quick else (args.seeds, args.epochs)
+    args.seeds = pick(args.seeds, args.quick, 1, 3)
+    args.epochs = pick(args.epochs, args.quick, 6, 80)
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    seeds, epochs = args.seeds, args.epochs
     if args.out:
         os.makedirs(args.out, exist_ok=True)
     results = [run_seed(s, epochs, args.max_units, args.out, args.quick) for s in range(seeds)]
@@ -145,8 +158,7 @@ def main(argv=None) -> dict:
         ],
     }
     if args.out:
-        with open(os.path.join(args.out, "growth_digits.json"), "w") as f:
-            json.dump(report, f, indent=1)
+        write_json_atomic(os.path.join(args.out, "growth_digits.json"), report)
     for r in results:
         print(
             f"seed {r['seed']}: widths {r['final_widths']}, grown acc "
@@ -154,9 +166,9 @@ def main(argv=None) -> dict:
             f"{r['fixed_final_size']['test']['accuracy']:.4f}, [8,8] acc "
             f"{r['fixed_8_8']['test']['accuracy']:.4f}, steps {r['grown']['steps']}"
         )
-    print(json.dumps(report["mean_test_accuracy"]), "gap (points):", report["mean_gap_points"])
+    print(report["mean_test_accuracy"], "gap (points):", report["mean_gap_points"])
     return report
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

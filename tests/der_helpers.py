@@ -22,7 +22,7 @@ def main(path: str) -> None:
     x = jnp.asarray(rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8))
     y = jnp.asarray(np.repeat(np.arange(4), 16).astype(np.int32))
     data_x, data_y = train.replicate(x, mesh), train.replicate(y, mesh)
-    state = model.init_state(
+    state = model.init_der_state(
         jax.random.key(0), base_width=4, in_channels=3, image_size=8, num_first=2, num_total=4
     )
     for t, pool in enumerate([np.arange(32), np.arange(64)]):

@@ -4,15 +4,18 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import den_jax as dj
+from den_jax import losses
 from den_jax.baselines import (
     BASELINES,
     BaselineConfig,
     diagonal_fisher,
     shared_params,
 )
+from den_jax.baselines.common import loss_of, make_loss_fn
 
 CFG = BaselineConfig(steps=30, batch_size=16, fisher_samples=32, learning_rate=1e-2)
 
@@ -124,3 +127,60 @@ def test_sigmoid_loss_and_schedule():
         _two_task_net(key), key, "a", _data(0), _data(1), cfg
     )
     assert np.isfinite(rep["loss"]) and np.isfinite(rep["valid_loss"])
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_loss_and_optimizer_keywords_and_iterables(name):
+    key = jax.random.key(6)
+    net = dj.init_network(key, [8], shared_input_dim=6)
+    net = dj.add_task(net, jax.random.fold_in(key, 1), "a", input_dim=6, output_dim=3)
+    cfg = BaselineConfig(steps=5, batch_size=16, fisher_samples=16)
+    x, y = _data(0)
+    seen = []
+
+    def loss(logits, yb):
+        seen.append(logits.shape)
+        return losses.sigmoid_ce(logits, yb)
+
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
+    out, rep = BASELINES[name].learn_task(
+        net, key, "a", iter(batches), None, cfg, loss=loss, optimizer=optax.sgd(0.0)
+    )
+    assert seen and seen[0][-1] == 3  # the custom loss was used
+    # sgd(0.0) moves nothing: the optimizer keyword is honoured.
+    chex.assert_trees_all_equal(out.params, net.params)
+    assert np.isnan(rep["valid_loss"])  # valid=None
+    factory = []
+    BASELINES[name].learn_task(
+        net, key, "a", (x, y), (x, y), cfg, optimizer=lambda s: factory.append(s) or optax.adam(s)
+    )
+    assert len(factory) == 1 and callable(factory[0])  # called with cfg's schedule
+
+
+def test_loss_names_and_aliases_use_den_jax_losses():
+    for name, want in [("softmax", "softmax_ce"), ("sigmoid", "sigmoid_ce"), ("sigmoid_ce", None)]:
+        assert loss_of(BaselineConfig(loss=name)) is losses.get_loss(want or name)
+
+
+def test_sigmoid_loss_is_the_mean_over_classes():
+    key = jax.random.key(7)
+    net = _two_task_net(key)
+    cfg = BaselineConfig(steps=1, batch_size=16, loss="sigmoid", weight_decay=0.0)
+    fn = make_loss_fn(net, "a", cfg)
+    x, y = _data(0)
+    logits = dj.apply(net, x, "a")
+    onehot = jax.nn.one_hot(y, 3)
+    np.testing.assert_allclose(
+        fn(net.params, x, y, {}),
+        optax.sigmoid_binary_cross_entropy(logits, onehot).mean(),
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("name", ["stl", "ewc"])
+def test_non_finite_loss_names_method_task_and_phase(name):
+    key = jax.random.key(8)
+    net = _two_task_net(key)
+    bad = lambda logits, yb: jnp.mean(jnp.log(logits - 1e6))  # noqa: E731
+    with pytest.raises(FloatingPointError, match=rf"{name} task 'a', phase 'train': non-finite"):
+        BASELINES[name].learn_task(net, key, "a", _data(0), _data(1), CFG, loss=bad)

@@ -74,6 +74,28 @@ class CheckpointTest(chex.TestCase):
         os.makedirs(os.path.join(self.dir, "1.orbax-checkpoint-tmp-123"))
         self.assertEqual(ckpt.completed_steps(self.dir), [0])
 
+    def test_digest_record_and_verification(self):
+        ckpt.save_step(self.dir, 0, {"w": np.arange(6, dtype=np.float32)}, {"k": [1, 2]})
+        self.assertTrue(os.path.isfile(os.path.join(self.dir, "0", ckpt.DIGESTS)))
+        ckpt.verify_step(self.dir, 0)
+        self.assertEqual(ckpt.verified_steps(self.dir), [0])
+        self.assertEqual(ckpt.latest_verified_step(self.dir), 0)
+        self.assertIsNone(ckpt.latest_verified_step(os.path.join(self.dir, "none")))
+        self.assertTrue(issubclass(ckpt.CorruptCheckpointError, ValueError))
+
+    def test_json_files(self):
+        path = os.path.join(self.dir, "r.json")
+        ckpt.write_json_atomic(path, {"a": [1, 2.5, None], "b": "x"})
+        self.assertEqual(ckpt.read_json(path), {"a": [1, 2.5, None], "b": "x"})
+        ckpt.write_json_atomic(path, {"a": 2})
+        self.assertEqual(ckpt.read_json(path), {"a": 2})
+        self.assertEqual([n for n in os.listdir(self.dir) if n.endswith(".tmp")], [])
+        open(path, "w").close()
+        with self.assertRaisesRegex(ValueError, r"r\.json.*not valid JSON.*expected a config"):
+            ckpt.read_json(path, what="a config")
+        with self.assertRaisesRegex(OSError, "no/such/dir"):
+            ckpt.write_json_atomic(os.path.join(self.dir, "no", "such", "dir", "x.json"), {})
+
     def test_config_check(self):
         saved = {"lr": 0.1, "milestones": [60, 120], "out": "/a", "seed": 1}
         ckpt.check_config_compatible(

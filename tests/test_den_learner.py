@@ -11,7 +11,7 @@ import pytest
 from absl.testing import parameterized
 
 import den_jax as dj
-from den_jax import den
+from den_jax import den, losses
 
 TINY = dict(
     steps_task1=60,
@@ -157,9 +157,45 @@ class LearnerTest(chex.TestCase):
             _task(0),
             None,
             cfg,
-            optimizer_factory=lambda: optax.sgd(0.1),
+            optimizer=optax.sgd(0.1),
         )
         self.assertLess(rep["final_task_loss"], np.log(2.0))
+
+    def test_non_finite_loss_names_task_and_phase(self):
+        cfg = den.config_from_dict(TINY)
+        bad = lambda logits, y: jnp.mean(jnp.log(logits - 1e6))  # noqa: E731
+        with pytest.raises(FloatingPointError, match=r"DEN task 'a', phase 'task1': non-finite"):
+            den.learn_task(_net_with(["a"]), jax.random.key(0), "a", _task(0), None, cfg, loss=bad)
+        net = self.net_a
+        net = dj.add_task(net, jax.random.key(11), "b", input_dim=6, output_dim=3)
+        with pytest.raises(FloatingPointError, match=r"DEN task 'b', phase 'head': non-finite"):
+            den.learn_task(net, jax.random.key(0), "b", _task(1), None, cfg, loss=bad)
+
+    def test_iterables_loss_and_optimizer_keywords(self):
+        cfg = den.config_from_dict(TINY)
+        x, y = _task(0)
+        batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
+        net = _net_with(["a"])
+        net_it, rep_it = den.learn_task(
+            net, jax.random.key(1), "a", iter(batches), (b for b in batches), cfg, state="ignored"
+        )
+        net_ar, rep_ar = den.learn_task(net, jax.random.key(1), "a", (x, y), (x, y), cfg)
+        chex.assert_trees_all_equal(net_it.params, net_ar.params)
+        self.assertEqual(rep_it["final_task_loss"], rep_ar["final_task_loss"])
+        schedules = []
+        net_f, _ = den.learn_task(
+            net, jax.random.key(1), "a", (x, y), None, cfg,
+            optimizer=lambda s: schedules.append(s) or optax.sgd(0.0),
+            loss=losses.sigmoid_ce,
+        )  # fmt: skip
+        self.assertEqual(len(schedules), 1)
+        self.assertAlmostEqual(float(schedules[0](0)), cfg.learning_rate, places=6)
+        # sgd(0.0): only the L1 prox moves weights; biases stay exactly as they were.
+        chex.assert_trees_all_equal(net_f.params["hidden"][0]["b"], net.params["hidden"][0]["b"])
+        with pytest.raises(ValueError, match="optimizer must be an optax.GradientTransformation"):
+            den.learn_task(net, jax.random.key(1), "a", (x, y), None, cfg, optimizer="adam")
+        with pytest.raises(ValueError, match="train_data of task 'a' must be a pair"):
+            den.learn_task(net, jax.random.key(1), "a", x, None, cfg)
 
     def test_bad_arguments(self):
         cfg = den.config_from_dict(TINY)

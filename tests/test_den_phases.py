@@ -157,7 +157,7 @@ class OptStatePolicyTest(chex.TestCase):
         state = PhaseState(net, None, 0)
         state, _ = phases.train_phase(
             state, jax.random.key(0), "b", self._data(), settings, num_steps=3,
-            update_mask=phases.task_mask(net, "b"),
+            update_mask=dj.task_mask(net, "b"),
         )  # fmt: skip
         mu_before = state.opt_state[0].mu
         grown, new_units, _ = phases.expand(state, jax.random.key(1), "b", 2, settings)
@@ -171,7 +171,7 @@ class OptStatePolicyTest(chex.TestCase):
         np.testing.assert_array_equal(w_mu[:, 3:], 0.0)
         grown, _ = phases.train_phase(
             grown, jax.random.key(2), "b", self._data(), settings, num_steps=2,
-            update_mask=phases.task_mask(grown.net, "b"),
+            update_mask=dj.task_mask(grown.net, "b"),
         )  # fmt: skip
         self.assertEqual(int(grown.opt_state[0].count), 5)
         self.assertEqual(grown.step, 5)
@@ -182,7 +182,7 @@ class OptStatePolicyTest(chex.TestCase):
         state = PhaseState(net, None, 0)
         state, _ = phases.train_phase(
             state, jax.random.key(0), "b", self._data(), settings, num_steps=3,
-            update_mask=phases.task_mask(net, "b"),
+            update_mask=dj.task_mask(net, "b"),
         )  # fmt: skip
         grown, _, _ = phases.expand(state, jax.random.key(1), "b", 2, settings)
         adam = grown.opt_state[0]
@@ -190,22 +190,16 @@ class OptStatePolicyTest(chex.TestCase):
         chex.assert_trees_all_equal(adam.mu, jax.tree.map(jnp.zeros_like, grown.net.params))
         grown, _ = phases.train_phase(
             grown, jax.random.key(2), "b", self._data(), settings, num_steps=2,
-            update_mask=phases.task_mask(grown.net, "b"),
+            update_mask=dj.task_mask(grown.net, "b"),
         )  # fmt: skip
         self.assertEqual(int(grown.opt_state[0].count), 2)
         self.assertEqual(grown.step, 2)
 
-    def test_losses_available(self):
-        logits = jnp.asarray([[2.0, -1.0], [0.0, 0.5]])
-        y = jnp.asarray([0, 1])
-        np.testing.assert_allclose(
-            phases.softmax_ce(logits, y),
-            optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
-        )
-        onehot = jax.nn.one_hot(y, 2)
-        np.testing.assert_allclose(
-            phases.sigmoid_ce(logits, y), optax.sigmoid_binary_cross_entropy(logits, onehot).mean()
-        )
+    def test_default_losses_come_from_den_jax_losses(self):
+        from den_jax import losses
+
+        self.assertIs(make_settings(DENConfig()).logits_loss, losses.softmax_ce)
+        self.assertIs(make_settings(DENConfig(loss="sigmoid_ce")).logits_loss, losses.sigmoid_ce)
 
 
 class SelectiveMaskTest(chex.TestCase):
@@ -221,7 +215,7 @@ class SelectiveMaskTest(chex.TestCase):
         sel = den.select_subnetwork(net, "b")
         settings = make_settings(
             DENConfig(batch_size=4, l1_lambda=10.0),
-            optimizer_factory=lambda s: optax.adamw(s, weight_decay=0.5),
+            optimizer=lambda s: optax.adamw(s, weight_decay=0.5),
         )
         x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 2)), jnp.float32)
         y = jnp.asarray([0, 1] * 4)

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 import den_jax as dj
+from den_jax import stream
 from den_jax.network_io import abstract_params, load_network, save_network
 from experiments import den as runner
 
@@ -59,7 +60,7 @@ def test_crash_then_resume_matches_uninterrupted_run(setup, monkeypatch):
     full, crashed = setup["tmp"] / "full", setup["tmp"] / "crashed"
     assert runner.main(_argv(setup, full, "stl,ewc", "permute:3", "--no-plots")) == 0
     calls = {"n": 0}
-    real = runner.evaluate_task
+    real = stream.evaluate_task
 
     def flaky(*args, **kwargs):  # dies while evaluating task 2 of the first method
         calls["n"] += 1
@@ -67,10 +68,10 @@ def test_crash_then_resume_matches_uninterrupted_run(setup, monkeypatch):
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "evaluate_task", flaky)
+    monkeypatch.setattr(stream, "evaluate_task", flaky)
     with pytest.raises(RuntimeError, match="simulated crash"):
         runner.main(_argv(setup, crashed, "stl,ewc", "permute:3", "--no-plots"))
-    monkeypatch.setattr(runner, "evaluate_task", real)
+    monkeypatch.setattr(stream, "evaluate_task", real)
     from den_jax import checkpoint
 
     assert checkpoint.completed_steps(str(crashed / "checkpoints" / "stl")) == [0, 1]
@@ -94,7 +95,7 @@ def test_crash_then_resume_matches_uninterrupted_run(setup, monkeypatch):
     )
     argv = _argv(setup, crashed, "ewc", "permute:3", "--resume")
     argv[argv.index("--config") + 1] = str(cfg2)
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ValueError, match="another run.*baseline_config"):
         runner.run(runner.parse_args(argv))
 
 
@@ -114,16 +115,16 @@ def test_results_and_load_any_task_after_growth(setup):
     # the recorded accuracies.
     from den_jax.data.tasks import make_stream
 
-    stream = make_stream("npz:" + setup["npz"], "classes:0,1/2,3")
-    x, y = stream.test_data(0)
+    tasks = make_stream("npz:" + setup["npz"], "classes:0,1/2,3")
+    x, y = tasks.test_data(0)
     for step, row in ((None, 1), (0, 0)):
-        net, name = runner.load_task_model(str(out), "den", 0, step=step)
-        acc, _ = runner.evaluate_task(net, name, x, y)
+        net, name = stream.load_task(str(out / "checkpoints" / "den"), 0, step=step)
+        acc, _ = stream.evaluate_task(net, name, x, y)
         assert acc == pytest.approx(res["den"]["accuracy_matrix"][row][0])
-    net, name = runner.load_task_model(str(out), "den", "classes1")
+    net, name = stream.load_task(str(out / "checkpoints" / "den"), "classes1")
     assert name == "classes1" and net.task_names == ("classes0", "classes1")
     with pytest.raises(ValueError, match="unknown task"):
-        runner.load_task_model(str(out), "den", "nope")
+        stream.load_task(str(out / "checkpoints" / "den"), "nope")
 
 
 def test_eval_split_valid_measures_validation_rows(setup):
@@ -134,11 +135,11 @@ def test_eval_split_valid_measures_validation_rows(setup):
     assert res["eval_split"] == "valid"
     from den_jax.data.tasks import make_stream
 
-    stream = make_stream("npz:" + setup["npz"], "permute:2")
+    tasks = make_stream("npz:" + setup["npz"], "permute:2")
     for j in range(2):
-        task = stream[j]
-        net, name = runner.load_task_model(str(out), "finetune", j)
-        valid, _ = runner.evaluate_task(net, name, task.x_valid, task.y_valid)
+        task = tasks[j]
+        net, name = stream.load_task(str(out / "checkpoints" / "finetune"), j)
+        valid, _ = stream.evaluate_task(net, name, task.x_valid, task.y_valid)
         assert res["finetune"]["accuracy_matrix"][1][j] == pytest.approx(valid)
         assert len(task.y_valid) == 12  # 10% of the 120 training rows, not the 40 test rows
     # Resuming with the other split is refused: the matrix would mix splits.
@@ -178,7 +179,7 @@ def test_checkpoint_round_trip_grown_network_with_typed_opt_state(tmp_path):
         (("--dataset", "cifar"), "unknown dataset 'cifar'"),
         (("--tasks", "permute:x"), "permute:N"),
         (("--hidden", "8,a"), "bad --hidden"),
-        (("--config", "/nonexistent.yaml"), "does not exist"),
+        (("--config", "/nonexistent.yaml"), "cannot be read"),
     ],
 )
 def test_bad_command_lines_rejected(setup, capsys, change, message):
@@ -200,8 +201,40 @@ def test_bad_config_and_data_dir_rejected(setup, capsys):
     assert "l1_lambda" in capsys.readouterr().err
     bad.write_text("den: {}\nextra: 1\n")
     assert runner.main(argv) == 2
-    assert "unknown config section" in capsys.readouterr().err
+    assert "unknown section" in capsys.readouterr().err
     miss = ["--dataset", "permuted_mnist", "--data-dir", str(setup["tmp"] / "nope"), "--out",
             str(setup["tmp"] / "o2")]  # fmt: skip
     assert runner.main(miss) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_one_run_per_output_folder(setup, capsys, tmp_path):
+    out = setup["tmp"] / "one"
+    assert runner.main(_argv(setup, out, "finetune", "permute:2", "--no-plots")) == 0
+    # Another dataset (same path, other contents) into the same folder is refused.
+    other = np.load(setup["npz"])
+    np.savez(setup["npz"], **{k: (v[::-1] if k == "x_train" else v) for k, v in other.items()})
+    for extra in ((), ("--resume",)):
+        assert runner.main(_argv(setup, out, "finetune", "permute:2", "--no-plots", *extra)) == 2
+        assert "data_sha256" in capsys.readouterr().err
+    # A truncated results.json is rebuilt from the checkpoints on --resume.
+    np.savez(setup["npz"], **other)
+    (out / "results.json").write_text('{"methods": {')
+    assert runner.main(_argv(setup, out, "finetune", "permute:2", "--no-plots", "--resume")) == 0
+    assert _results(out)["finetune"]["accuracy_matrix"][1][1] is not None
+
+
+def test_seed_from_the_config_file_takes_effect(setup):
+    cfg1 = setup["tmp"] / "seed1.yaml"
+    cfg1.write_text(TINY.replace("den:\n", "den:\n  seed: 1\n"))
+    outs = {}
+    for name, extra in (("cfg1", ("--config", str(cfg1))), ("cli1", ("--seed", "1")),
+                        ("cli0", ("--seed", "0"))):  # fmt: skip
+        argv = _argv(setup, setup["tmp"] / name, "finetune", "permute:2", "--no-plots", *extra)
+        assert runner.main(argv) == 0  # a second --config replaces the first
+        outs[name] = _results(setup["tmp"] / name)
+    assert outs["cfg1"]["den_config"]["seed"] == 1 and outs["cli1"]["seed"] == 1
+    loss = {
+        k: v["methods"]["finetune"]["tasks_report"][0]["summary"]["loss"] for k, v in outs.items()
+    }
+    assert loss["cfg1"] == loss["cli1"] != loss["cli0"]

@@ -28,7 +28,7 @@ def _run(args, env_extra=None):
 
 class DERStateCheckpointTest(chex.TestCase):
     def test_der_state_round_trip(self):
-        s = model.init_state(
+        s = model.init_der_state(
             jax.random.key(0),
             base_width=2,
             in_channels=1,
@@ -83,12 +83,15 @@ class SmokeResumeTest(chex.TestCase):
         self.assertEqual(len(first["top1_curve"]), 1)
 
         r = _run(base)  # without --resume: refused, nothing overwritten
-        self.assertNotEqual(r.returncode, 0)
+        self.assertEqual(r.returncode, 2, r.stderr[-2000:])
         self.assertIn("pass --resume", r.stderr)
         r = _run(base + ["--resume", "--lr", "0.5"])  # different config: refused
-        self.assertNotEqual(r.returncode, 0)
+        self.assertEqual(r.returncode, 2)
         self.assertIn("refusing to resume", r.stderr)
-        self.assertIn("first_lr", r.stderr)
+        (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+        keys = [part.split(":")[0].strip() for part in line.split("Differing keys: ")[1].split(";")]
+        self.assertEqual(keys, ["first_lr", "later_lr"])  # only the fields that differ
+        self.assertNotIn("Traceback", r.stderr)
 
         r = _run(base + ["--resume"])
         self.assertEqual(r.returncode, 0, r.stderr[-3000:])
@@ -118,6 +121,24 @@ class SmokeResumeTest(chex.TestCase):
         meta = ckpt.restore_meta(os.path.join(out, "checkpoints"), 1)
         self.assertEqual(meta["class_order"], res["class_order"])
         self.assertEqual(len(meta["memory"]), 4)
+
+
+class BadInputTest(chex.TestCase):
+    def test_one_error_line_and_exit_code_2(self):
+        for args, msg in (
+            (["--preset", "nope", "--out", "/tmp/x"], "unknown preset 'nope'"),
+            (["--preset", "smoke", "--out", "/tmp/x", "--method", "ewc"], "--method"),
+            (["--preset", "b0_10", "--out", "/tmp/x"], "needs --data-dir"),
+            (["--preset", "smoke", "--out", "/tmp/x", "--batch-size", "0"], "batch_size"),
+        ):
+            r = _run(["-m", "experiments.cifar100_der", *args])
+            self.assertEqual(r.returncode, 2, (args, r.stderr[-2000:]))
+            lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+            self.assertLen(lines, 1, (args, r.stderr))
+            self.assertTrue(lines[0].startswith("error: "), lines[0])
+            self.assertIn(msg, lines[0])
+        r = _run(["-m", "experiments.cifar100_der", "--preset", "nope", "--out", "/x", "--debug"])
+        self.assertIn("Traceback", r.stderr)
 
 
 class MultiDeviceTest(chex.TestCase):

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
+from den_jax import metrics
 from den_jax.data import splits
 from den_jax.der import bias_correction, evaluate, memory, model, pruning, resnet, train
 
@@ -34,7 +35,7 @@ def _train(state, x, y, aux_weight, steps=2):
 class ResNetTest(chex.TestCase):
     def test_param_count_resnet32(self):
         shapes = jax.eval_shape(lambda: resnet.init_backbone(jax.random.key(0), 16, 3))
-        self.assertEqual(resnet.count_params(shapes["params"]), 463_504)
+        self.assertEqual(resnet.count_backbone_params(shapes["params"]), 463_504)
         # BatchNorm is torch's: momentum 0.1 (flax 0.9), eps 1e-5.
         bn = resnet._bn(True, "bn")
         self.assertEqual((bn.momentum, bn.epsilon), (0.9, 1e-5))
@@ -51,7 +52,7 @@ class ResNetTest(chex.TestCase):
 class DERModelTest(chex.TestCase):
     def setUp(self):
         super().setUp()
-        self.s0 = model.init_state(
+        self.s0 = model.init_der_state(
             jax.random.key(0),
             base_width=BW,
             in_channels=3,
@@ -146,7 +147,7 @@ class MemoryAndBiasTest(chex.TestCase):
         self.assertEqual(memory.from_json(memory.to_json(out)).keys(), out.keys())
 
     def test_weight_align_hand_computed(self):
-        s = model.init_state(
+        s = model.init_der_state(
             jax.random.key(0),
             base_width=1,
             in_channels=3,
@@ -185,8 +186,10 @@ class SplitsAndMetricsTest(chex.TestCase):
 
     def test_metrics(self):
         r = [[90.0], [80.0, 70.0], [60.0, 75.0, 50.0]]
-        self.assertAlmostEqual(evaluate.forgetting(r), ((90 - 60) + (70 - 75)) / 2)
-        self.assertEqual(evaluate.forgetting(r[:1]), 0.0)
+        sq = evaluate.square_matrix(r)
+        self.assertEqual(sq[0], [90.0, None, None])
+        self.assertAlmostEqual(metrics.forgetting(sq), ((90 - 60) + (70 - 75)) / 2)
+        self.assertEqual(metrics.forgetting(evaluate.square_matrix(r[:1])), 0.0)
         logits = np.array([[3.0, 2, 1], [1, 3, 2]])
         self.assertEqual(evaluate.topk_accuracy(logits, np.array([1, 0]), 1), 0.0)
         self.assertEqual(evaluate.topk_accuracy(logits, np.array([1, 2]), 2), 100.0)
@@ -209,7 +212,9 @@ class PruningTest(chex.TestCase):
         e = (jnp.full_like(e[0], -1.0),) + e[1:]  # one block fully pruned
         small, widths = pruning.materialise(v, e)
         self.assertEqual(widths[0], 1)
-        self.assertLess(resnet.count_params(small["params"]), resnet.count_params(v["params"]))
+        self.assertLess(
+            resnet.count_backbone_params(small["params"]), resnet.count_backbone_params(v["params"])
+        )
         x = jax.random.normal(jax.random.key(5), (4, IMG, IMG, 3))
         masked = resnet.ResNet32(BW).apply(v, x, masks=pruning.binary_masks(e))
         pruned = resnet.ResNet32(BW, widths).apply(small, x)
@@ -227,7 +232,7 @@ class PruningTest(chex.TestCase):
         np.testing.assert_allclose(g[0], 1.0, rtol=1e-5)
 
     def test_pruned_training_then_expand(self):
-        s0 = model.init_state(
+        s0 = model.init_der_state(
             jax.random.key(0),
             base_width=BW,
             in_channels=3,

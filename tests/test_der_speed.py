@@ -29,7 +29,7 @@ def _data(n, num_classes, seed=0):
 
 def _state(prune: bool, step: int = 1) -> model.DERState:
     """A DER state of 6 classes: step 0 (2 classes) or step 1 (one frozen backbone, 2 + 2)."""
-    s = model.init_state(
+    s = model.init_der_state(
         jax.random.key(0),
         base_width=BW,
         in_channels=3,
@@ -242,28 +242,29 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 class SpeedFlagsTest(chex.TestCase):
     def test_flags_recorded_and_resume_compatibility(self):
+        from den_jax.der import config
         from experiments import cifar100_der as cli
 
-        cfg = cli.parse_args(["--preset", "smoke", "--out", "/tmp/unused"])
+        cfg, _ = cli.parse_args(["--preset", "smoke", "--out", "/tmp/unused"])
         # auto: the step loop on the CPU (scanned conv gradients are slow on XLA:CPU).
-        self.assertEqual((cfg["compute_dtype"], cfg["epoch_loop"]), ("float32", "step"))
+        self.assertEqual((cfg.compute_dtype, cfg.epoch_loop), ("float32", "step"))
         self.assertEqual(
-            (cli.resolve_epoch_loop("gpu"), cli.resolve_epoch_loop("tpu")), ("scan", "scan")
+            (config.resolve_epoch_loop("gpu"), config.resolve_epoch_loop("tpu")), ("scan", "scan")
         )
-        cfg = cli.parse_args(["--preset", "smoke", "--out", "/tmp/x", "--epoch-loop", "scan"])
-        self.assertEqual(cfg["epoch_loop"], "scan")
-        cfg = cli.parse_args(
+        cfg, _ = cli.parse_args(["--preset", "smoke", "--out", "/tmp/x", "--epoch-loop", "scan"])
+        self.assertEqual(cfg.epoch_loop, "scan")
+        cfg, _ = cli.parse_args(
             ["--preset", "smoke", "--out", "/tmp/x", "--compute-dtype", "bfloat16"]
             + ["--epoch-loop", "step"]
         )
-        self.assertEqual((cfg["compute_dtype"], cfg["epoch_loop"]), ("bfloat16", "step"))
-        saved = {k: v for k, v in cfg.items() if k not in cli.RESUME_IGNORE}
+        self.assertEqual((cfg.compute_dtype, cfg.epoch_loop), ("bfloat16", "step"))
+        saved = cfg.to_dict()
         # A checkpoint written before the speed flags existed: float32, step loop.
         legacy = {k: v for k, v in saved.items() if k not in ("compute_dtype", "epoch_loop")}
-        cli.check_resume_config(legacy, {**saved, "compute_dtype": "float32"})
-        cli.check_resume_config(legacy, {**saved, "compute_dtype": "float32", "epoch_loop": "scan"})
+        config.check_resume_config(legacy, cfg.replace(compute_dtype="float32"))
+        config.check_resume_config(legacy, cfg.replace(compute_dtype="float32", epoch_loop="scan"))
         with self.assertRaisesRegex(ValueError, "compute_dtype"):
-            cli.check_resume_config(legacy, saved)  # bfloat16 would change the numbers
+            config.check_resume_config(legacy, cfg)  # bfloat16 would change the numbers
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from absl.testing import absltest, parameterized
 
 import den_jax as dj
 from den_jax import growth as g
-from den_jax.growth import importance, visualize
+from den_jax.growth import importance
 
 
 def grown_run():
@@ -51,9 +51,9 @@ class ReportingTest(parameterized.TestCase):
         d = tempfile.mkdtemp()
         h = self.state.history
         paths = [
-            visualize.plot_history(h, os.path.join(d, "h.png")),
-            visualize.plot_architecture(h, os.path.join(d, "a.png")),
-            visualize.plot_layer_importance(
+            g.plot_history(h, os.path.join(d, "h.png")),
+            g.plot_architecture(h, os.path.join(d, "a.png")),
+            g.plot_layer_importance(
                 importance.unit_importance(self.state.net, "main"), os.path.join(d, "i.png")
             ),
         ]
@@ -61,7 +61,7 @@ class ReportingTest(parameterized.TestCase):
             with open(p, "rb") as f:
                 self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
         with self.assertRaisesRegex(ValueError, "no epochs"):
-            visualize.plot_history(g.History(), os.path.join(d, "x.png"))
+            g.plot_history(g.History(), os.path.join(d, "x.png"))
 
     def test_weight_importance(self):
         net = dj.init_network(jax.random.PRNGKey(0), [3, 2], shared_input_dim=4)

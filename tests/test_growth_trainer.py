@@ -11,6 +11,7 @@ from absl.testing import absltest, parameterized
 
 import den_jax as dj
 from den_jax import growth as g
+from den_jax import losses
 
 
 def blobs(n=96, d=6, classes=3, seed=0):
@@ -207,6 +208,76 @@ class TrainerTest(parameterized.TestCase):
             g.TrainerConfig(dropout=1.0)
         with self.assertRaisesRegex(ValueError, "strategy"):
             g.train(s, cfg, x, y, 1, strategy=object(), enable_growth=True)
+
+
+class TrapsTest(parameterized.TestCase):
+    def test_regression_loss_shapes_are_checked_before_training(self):
+        x, y = linear()
+        for bad, pattern in [
+            # dj.losses.huber refuses [B] against [B, 1] (it would broadcast to [B, B]).
+            (lambda out, t: losses.huber(out[:, 0], t), r"outputs \(32, 1\) and targets"),
+            # A loss that forgets the mean returns [B, 1]: not a scalar.
+            (lambda out, t: (out - t) ** 2, r"must return a scalar.*returned shape \(32, 1\)"),
+        ]:
+            cfg = g.TrainerConfig(problem="regression", batch_size=32, loss_fn=bad)
+            s = g.init_state(cfg, jax.random.PRNGKey(0), 4, 1, (4,))
+            with self.assertRaisesRegex(ValueError, pattern):
+                g.train(s, cfg, x, y, 1)
+        cfg = g.TrainerConfig(problem="regression", batch_size=32, loss_fn=losses.huber)
+        s = g.train(g.init_state(cfg, jax.random.PRNGKey(0), 4, 1, (4,)), cfg, x, y, 1)
+        self.assertEqual(s.epoch, 1)
+
+    def test_typed_keys_train_and_checkpoint(self):
+        x, y = blobs()
+        cfg = g.TrainerConfig(learning_rate=1e-2, batch_size=16)
+        typed = g.init_state(cfg, jax.random.key(1), 6, 3, (4, 4))
+        raw = g.init_state(cfg, jax.random.PRNGKey(1), 6, 3, (4, 4))
+        a = g.train(typed, cfg, x, y, 2, strategy=ONCE, enable_growth=True)
+        b = g.train(raw, cfg, x, y, 2, strategy=ONCE, enable_growth=True)
+        chex.assert_trees_all_equal(a.net.params, b.net.params)
+        for state in (a, b):
+            d = tempfile.mkdtemp()
+            g.save_checkpoint(d, state, cfg)
+            back = g.restore_checkpoint(d, cfg)
+            self.assertEqual(back.key.dtype, state.key.dtype)
+            np.testing.assert_array_equal(
+                jax.random.key_data(back.key), jax.random.key_data(state.key)
+            )
+            c = g.continual_learning(back, cfg, x, y, 1)
+            self.assertEqual(c.epoch, 3)
+
+    def test_summary_reports_a_growth_after_the_last_epoch(self):
+        x, y = blobs()
+        cfg = g.TrainerConfig(learning_rate=1e-2, batch_size=16)
+        last = g.FunctionStrategy(
+            should_grow_fn=lambda m, s, e: (e == 1, "last epoch"),
+            growth_action_fn=lambda m, s: g.GrowthAction("width", 0, 3),
+        )
+        s = g.train(
+            g.init_state(cfg, jax.random.PRNGKey(0), 6, 3, (4, 4)), cfg, x, y, 2,
+            strategy=last, enable_growth=True,
+        )  # fmt: skip
+        self.assertEqual(s.net.widths, (7, 4))
+        self.assertEqual(s.history.epochs[-1]["widths"], [4, 4])  # logged before the growth
+        text = g.growth_summary(s.history)
+        self.assertIn("architecture: [4, 4] -> [7, 4]", text)
+        self.assertIn(f"-> {dj.count_params(s.net)}", text)
+
+    def test_iterable_data_and_exports(self):
+        x, y = blobs()
+        cfg = g.TrainerConfig(learning_rate=1e-2, batch_size=16)
+        s0 = g.init_state(cfg, jax.random.PRNGKey(0), 6, 3, (4,))
+        batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 96, 32)]
+        a = g.train(s0, cfg, iter(batches), None, 2, validation=iter(batches))
+        b = g.train(s0, cfg, x, y, 2, validation=(x, y))
+        chex.assert_trees_all_equal(a.net.params, b.net.params)
+        self.assertEqual(g.evaluate(a, cfg, batches), g.evaluate(b, cfg, x, y))
+        for name in (
+            "plot_history", "plot_architecture", "plot_layer_importance", "unit_importance",
+            "layer_importance",
+        ):  # fmt: skip
+            self.assertIn(name, g.__all__)
+            self.assertTrue(callable(getattr(g, name)))
 
 
 if __name__ == "__main__":

@@ -88,6 +88,45 @@ class ApplyTest(chex.TestCase):
         self.assertEqual(imap["input_head"], "shared")
 
 
+class DropoutAndStaticTaskTest(chex.TestCase):
+    def test_dropout_is_an_option_of_the_forward_pass(self):
+        net = _two_task_net()
+        x = jax.random.normal(jax.random.PRNGKey(3), (64, 4))
+        key = jax.random.key(5)
+        chex.assert_trees_all_equal(
+            dj.apply(net, x, "a", dropout=0.0, key=key), dj.apply(net, x, "a")
+        )
+        a = dj.apply(net, x, "a", dropout=0.5, key=key)
+        chex.assert_trees_all_equal(
+            a,
+            jax.jit(dj.apply, static_argnums=2, static_argnames="dropout")(
+                net, x, "a", dropout=0.5, key=key
+            ),
+        )
+        self.assertFalse(np.allclose(a, dj.apply(net, x, "a")))
+        self.assertFalse(np.allclose(a, dj.apply(net, x, "a", dropout=0.5, key=jax.random.key(6))))
+        # Inverted dropout by hand on both hidden layers (keys split per layer).
+        p, k0, k1 = net.params, *jax.random.split(key, 2)
+        drop = lambda h, k: jnp.where(jax.random.bernoulli(k, 0.5, h.shape), h / 0.5, 0.0)  # noqa: E731
+        h = drop(jnp.tanh(x @ p["input_heads"]["shared"]["w"] + p["hidden"][0]["b"]), k0)
+        h = drop(jnp.tanh(h @ p["hidden"][1]["w"] + p["hidden"][1]["b"]), k1)
+        want = h @ p["output_heads"]["a"]["w"] + p["output_heads"]["a"]["b"]
+        chex.assert_trees_all_close(a, want, rtol=1e-6)
+
+    def test_dropout_arguments(self):
+        net = _two_task_net()
+        with self.assertRaisesRegex(ValueError, "needs a PRNG key"):
+            dj.apply(net, jnp.ones((2, 4)), "a", dropout=0.1)
+        with self.assertRaisesRegex(ValueError, r"dropout must be a static float in \[0, 1\)"):
+            dj.apply(net, jnp.ones((2, 4)), "a", dropout=1.0, key=jax.random.key(0))
+
+    def test_traced_task_says_how_to_make_it_static(self):
+        net = _two_task_net()
+        msg = r"pass `task` as a static argument \(jax.jit\(apply, static_argnums=2\)\)"
+        with self.assertRaisesRegex(ValueError, msg):
+            jax.jit(dj.apply)(net, jnp.ones((2, 4)), 0)
+
+
 class CountingTest(absltest.TestCase):
     def test_counts_per_task_and_total(self):
         net = _two_task_net()

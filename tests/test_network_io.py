@@ -68,3 +68,13 @@ def test_meta_json_round_trip_and_bad_json():
     assert meta_from_json(meta_to_json(net.meta)) == net.meta
     with pytest.raises(ValueError, match="not a den_jax network description"):
         meta_from_json({"activation": "relu"})
+
+
+def test_step_without_a_network_refused(tmp_path):
+    import numpy as np
+
+    from den_jax import checkpoint
+
+    checkpoint.save_step(str(tmp_path), 0, {"w": np.ones(2, np.float32)}, {"other": 1})
+    with pytest.raises(ValueError, match="step 0 .* does not hold a network"):
+        load_network(str(tmp_path), 0)

@@ -4,7 +4,7 @@ STL (separate networks), fine-tuning, L2 transfer and EWC; see
 :mod:`den_jax.baselines.learners`.
 """
 
-from den_jax.baselines.common import BaselineConfig, shared_params, trainable_mask
+from den_jax.baselines.common import BaselineConfig, shared_params
 from den_jax.baselines.learners import (
     BASELINES,
     Method,
@@ -27,5 +27,4 @@ __all__ = [
     "l2_learn_task",
     "shared_params",
     "stl_learn_task",
-    "trainable_mask",
 ]

@@ -17,10 +17,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from den_jax.losses import LOSSES, Loss, get_loss
+from den_jax.masks import trainable_mask
 from den_jax.network import SHARED_INPUT, ExpandableNet, apply, resolve_task
-from den_jax.training import evaluate_loss, train_steps
+from den_jax.training import Optimizer, evaluate_loss, resolve_optimizer, train_steps
 
-LOSSES = ("softmax", "sigmoid")
+__all__ = [
+    "LOSS_ALIASES",
+    "BaselineConfig",
+    "loss_of",
+    "make_loss_fn",
+    "shared_params",
+    "train_task",
+    "validation_loss",
+]
+
+#: Short names ``BaselineConfig.loss`` also accepts, with the :mod:`den_jax.losses` name.
+LOSS_ALIASES = {"softmax": "softmax_ce", "sigmoid": "sigmoid_ce"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +49,9 @@ class BaselineConfig:
       decay_every: examples between decays; 0 disables the decay.
       weight_decay: coefficient of ``sum(0.5 * ||v||^2)`` over the parameters the task
         trains (the official ``l2_lambda`` = 1e-4).
-      loss: ``"softmax"`` (cross-entropy on integer labels) or ``"sigmoid"`` (the official
-        code's per-class sigmoid cross-entropy on one-hot labels).
+      loss: a :func:`den_jax.losses.get_loss` name (``"softmax_ce"``, ``"sigmoid_ce"``:
+        the official code's per-class sigmoid cross-entropy on one-hot labels, mean over
+        batch and classes, ...) or the aliases ``"softmax"`` / ``"sigmoid"``.
       l2_lambda: L2-transfer strength ``lam/2 * ||theta - theta_prev||^2`` on shared
         parameters.
       ewc_lambda: EWC strength ``lam/2 * sum F (theta - theta*)^2`` (Kirkpatrick et al.
@@ -69,8 +83,11 @@ class BaselineConfig:
         for name in ("weight_decay", "l2_lambda", "ewc_lambda"):
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"BaselineConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"BaselineConfig.loss must be one of {LOSSES}, got {self.loss!r}")
+        if LOSS_ALIASES.get(self.loss, self.loss) not in LOSSES:
+            raise ValueError(
+                f"BaselineConfig.loss must be one of {sorted(LOSSES) + sorted(LOSS_ALIASES)}, "
+                f"got {self.loss!r}"
+            )
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> BaselineConfig:
@@ -90,12 +107,9 @@ class BaselineConfig:
         return lambda step: lr * decay ** jnp.floor(step * b / every)
 
 
-def task_loss(logits: jax.Array, y: jax.Array, kind: str) -> jax.Array:
-    """Mean loss of a batch: ``logits [B, C]``, integer ``y [B]``."""
-    if kind == "softmax":
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    onehot = jax.nn.one_hot(y, logits.shape[-1])
-    return optax.sigmoid_binary_cross_entropy(logits, onehot).sum(-1).mean()
+def loss_of(cfg: BaselineConfig) -> Loss:
+    """The batch loss ``(logits, y) -> scalar`` named by ``cfg.loss`` (aliases resolved)."""
+    return get_loss(LOSS_ALIASES.get(cfg.loss, cfg.loss))
 
 
 def shared_params(params: dict) -> dict:
@@ -107,28 +121,9 @@ def shared_params(params: dict) -> dict:
     }
 
 
-def trainable_mask(net: ExpandableNet, task: str, *, shared: bool = True) -> dict:
-    """0/1 tree like ``net.params``: 1 on ``task``'s own heads (and shared layers if asked)."""
-    spec = resolve_task(net.meta, task)
-
-    def fill(tree, value):
-        return jax.tree.map(lambda x: jnp.full((), value, jnp.float32), tree)
-
-    p = net.params
-    mask = {
-        "input_heads": {
-            k: fill(v, 1.0 if (k == spec.input_key and (shared or k != SHARED_INPUT)) else 0.0)
-            for k, v in p["input_heads"].items()
-        },
-        "hidden": fill(p["hidden"], 1.0 if shared else 0.0),
-        "output_heads": {
-            k: fill(v, 1.0 if k == spec.name else 0.0) for k, v in p["output_heads"].items()
-        },
-    }
-    return mask
-
-
-def make_loss_fn(net: ExpandableNet, task: str, cfg: BaselineConfig, penalty=None):
+def make_loss_fn(
+    net: ExpandableNet, task: str, cfg: BaselineConfig, penalty=None, *, loss: Loss | None = None
+):
     """``loss(params, x, y, aux)``: task loss + weight decay on the trained parts + penalty.
 
     Args:
@@ -136,13 +131,18 @@ def make_loss_fn(net: ExpandableNet, task: str, cfg: BaselineConfig, penalty=Non
       task: the task trained.
       cfg: config (loss kind, weight decay).
       penalty: optional ``penalty(shared_params, aux) -> scalar``.
+      loss: optional ``(logits, y) -> scalar`` batch loss replacing ``cfg.loss``.
+
+    Returns:
+      The objective for :func:`den_jax.training.train_steps`.
     """
     meta = net.meta
     spec = resolve_task(meta, task)
+    batch_loss = loss_of(cfg) if loss is None else loss
 
     def loss_fn(params, x, y, aux):
         logits = apply(ExpandableNet(params=params, meta=meta), x, spec.name)
-        loss = task_loss(logits, y, cfg.loss)
+        loss = batch_loss(logits, y)
         if cfg.weight_decay:
             used = [params["hidden"], params["output_heads"][spec.name]]
             used.append(params["input_heads"][spec.input_key])
@@ -164,31 +164,54 @@ def train_task(
     penalty=None,
     aux: Any = None,
     train_shared: bool = True,
+    loss: Loss | None = None,
+    optimizer: Optimizer | None = None,
+    method: str = "baseline",
 ) -> tuple[ExpandableNet, dict]:
-    """Trains ``task``'s heads (and the shared layers) for ``cfg.steps`` Adam steps.
+    """Trains ``task``'s heads (and the shared layers) for ``cfg.steps`` optimizer steps.
+
+    Args:
+      net: the network holding ``task``.
+      key: PRNG key (shuffling).
+      task: the task's name.
+      train: ``(x, y)`` arrays.
+      cfg: the config.
+      penalty: optional ``penalty(shared_params, aux) -> scalar``.
+      aux: the penalty's arrays.
+      train_shared: also train the shared layers.
+      loss: optional ``(logits, y) -> scalar`` replacing ``cfg.loss``.
+      optimizer: ``None`` (Adam on ``cfg.schedule``), an ``optax.GradientTransformation``
+        or a factory ``schedule -> tx`` (:func:`den_jax.training.resolve_optimizer`).
+      method: the learner's name, for error messages.
 
     Returns:
       ``(net, report)`` with ``report = {"steps", "loss_first", "loss_last"}`` (mean loss
       over the first and last quarter of the steps, at most 100 each).
+
+    Raises:
+      FloatingPointError: a loss became non-finite (names method, task and step).
     """
     x, y = train
     batch = min(cfg.batch_size, int(np.shape(x)[0]))
-    tx = optax.adam(cfg.schedule(batch))
-    loss_fn = make_loss_fn(net, task, cfg, penalty)
+    tx = resolve_optimizer(optimizer, cfg.schedule(batch))
+    loss_fn = make_loss_fn(net, task, cfg, penalty, loss=loss)
     aux = {} if aux is None else aux
-    params, _, losses = train_steps(
-        net.params,
-        tx.init(net.params),
-        tx=tx,
-        loss_fn=loss_fn,
-        x=x,
-        y=y,
-        key=key,
-        num_steps=cfg.steps,
-        batch_size=batch,
-        update_mask=trainable_mask(net, task, shared=train_shared),
-        loss_aux=aux,
-    )
+    try:
+        params, _, losses = train_steps(
+            net.params,
+            tx.init(net.params),
+            tx=tx,
+            loss_fn=loss_fn,
+            x=x,
+            y=y,
+            key=key,
+            num_steps=cfg.steps,
+            batch_size=batch,
+            update_mask=trainable_mask(net, task, shared=train_shared),
+            loss_aux=aux,
+        )
+    except FloatingPointError as err:
+        raise FloatingPointError(f"{method} task {task!r}, phase 'train': {err}") from err
     losses = np.asarray(losses)
     w = max(1, min(100, len(losses) // 4))
     report = {
@@ -199,14 +222,24 @@ def train_task(
     return net.replace(params=params), report
 
 
-def validation_loss(net: ExpandableNet, task: str, valid: tuple[Any, Any], cfg: BaselineConfig):
-    """Mean task loss (no penalties) on ``valid``; NaN when it has no rows."""
+def validation_loss(
+    net: ExpandableNet,
+    task: str,
+    valid: tuple[Any, Any] | None,
+    cfg: BaselineConfig,
+    *,
+    loss: Loss | None = None,
+):
+    """Mean task loss (no penalties) on ``valid``; NaN when it is ``None`` or has no rows."""
+    if valid is None:
+        return float("nan")
     x, y = valid
     if np.shape(x)[0] == 0:
         return float("nan")
     meta, name = net.meta, task
+    batch_loss = loss_of(cfg) if loss is None else loss
 
     def loss_fn(params, xb, yb):
-        return task_loss(apply(ExpandableNet(params=params, meta=meta), xb, name), yb, cfg.loss)
+        return batch_loss(apply(ExpandableNet(params=params, meta=meta), xb, name), yb)
 
     return evaluate_loss(loss_fn, net.params, x, y)

@@ -2,10 +2,15 @@
 
 Every learner has DEN's call shape::
 
-    net, report = learn_task(net, key, task, train, valid, cfg, state=None)
+    net, report = learn_task(net, key, task, train, valid, cfg, *, state=None, loss=None,
+                             optimizer=None)
 
 ``net`` already holds ``task`` (the runner adds the task's heads first); ``train`` and
-``valid`` are ``(x, y)`` pairs; ``cfg`` is a :class:`BaselineConfig`. ``report`` is a
+``valid`` are ``(x, y)`` pairs or iterables of ``(x_batch, y_batch)``
+(:func:`den_jax.training.as_arrays`; ``valid`` may be ``None``); ``cfg`` is a
+:class:`BaselineConfig`. ``loss`` is ``(logits, y) -> scalar`` (default ``cfg.loss``);
+``optimizer`` an ``optax.GradientTransformation`` or a factory ``schedule -> tx``
+(default Adam on ``cfg.schedule``). ``report`` is a
 JSON-friendly dict with the per-task summary (``phase``, ``loss``, ``units_added``,
 ``split``, ``pruned``, ``valid_loss``) plus ``report["state"]``: a pytree of arrays to
 pass as ``state=`` when learning the next task (``None`` for the stateless learners).
@@ -37,12 +42,25 @@ from den_jax.baselines.common import (
     train_task,
     validation_loss,
 )
+from den_jax.data.checks import check_finite, check_targets
 from den_jax.network import SHARED_INPUT, ExpandableNet, apply, resolve_task
+from den_jax.training import as_arrays
+
+__all__ = [
+    "BASELINES",
+    "Method",
+    "diagonal_fisher",
+    "ewc_learn_task",
+    "ewc_state_abstract",
+    "finetune_learn_task",
+    "l2_learn_task",
+    "stl_learn_task",
+]
 
 Data = tuple[Any, Any]
 
 
-def _report(net, task, valid, cfg, train_report, phase, state=None) -> dict:
+def _report(net, task, valid, cfg, train_report, phase, state=None, loss=None) -> dict:
     return {
         "phase": phase,
         "loss": train_report["loss_last"],
@@ -51,33 +69,47 @@ def _report(net, task, valid, cfg, train_report, phase, state=None) -> dict:
         "units_added": 0,
         "split": 0,
         "pruned": 0,
-        "valid_loss": validation_loss(net, task, valid, cfg),
+        "valid_loss": validation_loss(net, task, valid, cfg, loss=loss),
         "state": state,
     }
 
 
-def _check(net: ExpandableNet, task: str, cfg) -> None:
-    resolve_task(net.meta, task)
+def _check(net: ExpandableNet, task: str, cfg, train, valid) -> tuple[Data, Data | None]:
+    """Validates the common arguments; returns ``train`` and ``valid`` as arrays."""
+    spec = resolve_task(net.meta, task)
     if not isinstance(cfg, BaselineConfig):
         raise ValueError(f"cfg must be a BaselineConfig, got {type(cfg).__name__}")
+    train = as_arrays(train, f"train data of task {task!r}")
+    valid = None if valid is None else as_arrays(valid, f"valid data of task {task!r}")
+    for split, data in (("train", train), ("valid", valid)):
+        if data is not None:
+            check_finite(data[0], what=f"{split} data of task {task!r}: x")
+            check_targets(data[1], spec.output_dim, what=f"{split} data of task {task!r}: y")
+    return train, valid
 
 
-def stl_learn_task(net, key, task, train: Data, valid: Data, cfg, *, state=None):
+def stl_learn_task(
+    net, key, task, train: Data, valid: Data | None, cfg, *, state=None, loss=None, optimizer=None
+):
     """STL: trains a separate network for ``task`` (``net`` should hold only this task)."""
-    _check(net, task, cfg)
+    train, valid = _check(net, task, cfg, train, valid)
     if len(net.task_names) != 1:
         raise ValueError(
             f"STL trains one network per task; got a network with tasks {list(net.task_names)}"
         )
-    net, rep = train_task(net, key, task, train, cfg)
-    return net, _report(net, task, valid, cfg, rep, "stl")
+    net, rep = train_task(net, key, task, train, cfg, loss=loss, optimizer=optimizer, method="stl")
+    return net, _report(net, task, valid, cfg, rep, "stl", loss=loss)
 
 
-def finetune_learn_task(net, key, task, train: Data, valid: Data, cfg, *, state=None):
+def finetune_learn_task(
+    net, key, task, train: Data, valid: Data | None, cfg, *, state=None, loss=None, optimizer=None
+):
     """Fine-tuning: shared layers and the task's heads, no regulariser."""
-    _check(net, task, cfg)
-    net, rep = train_task(net, key, task, train, cfg)
-    return net, _report(net, task, valid, cfg, rep, "finetune")
+    train, valid = _check(net, task, cfg, train, valid)
+    net, rep = train_task(
+        net, key, task, train, cfg, loss=loss, optimizer=optimizer, method="finetune"
+    )
+    return net, _report(net, task, valid, cfg, rep, "finetune", loss=loss)
 
 
 def _l2_penalty(lam: float):
@@ -88,14 +120,19 @@ def _l2_penalty(lam: float):
     return penalty
 
 
-def l2_learn_task(net, key, task, train: Data, valid: Data, cfg, *, state=None):
+def l2_learn_task(
+    net, key, task, train: Data, valid: Data | None, cfg, *, state=None, loss=None, optimizer=None
+):
     """L2 transfer: pulls the shared parameters toward their values before this task."""
-    _check(net, task, cfg)
+    train, valid = _check(net, task, cfg, train, valid)
     first = resolve_task(net.meta, task).index == 0
     prev = shared_params(net.params)
     penalty = None if first else _l2_penalty(cfg.l2_lambda)
-    net, rep = train_task(net, key, task, train, cfg, penalty=penalty, aux=prev)
-    return net, _report(net, task, valid, cfg, rep, "l2")
+    net, rep = train_task(
+        net, key, task, train, cfg, penalty=penalty, aux=prev, loss=loss, optimizer=optimizer,
+        method="l2",
+    )  # fmt: skip
+    return net, _report(net, task, valid, cfg, rep, "l2", loss=loss)
 
 
 def _ewc_penalty(lam: float):
@@ -147,28 +184,31 @@ def diagonal_fisher(
     return jax.tree.map(lambda v: v / n, total)
 
 
-def ewc_learn_task(net, key, task, train: Data, valid: Data, cfg, *, state=None):
+def ewc_learn_task(
+    net, key, task, train: Data, valid: Data | None, cfg, *, state=None, loss=None, optimizer=None
+):
     """EWC: quadratic penalty weighted by the summed Fisher of the previous tasks.
 
     ``state`` is ``None`` before the first task, then ``{"anchor", "fisher"}`` (trees like
     :func:`shared_params`) as returned in the previous report.
     """
-    _check(net, task, cfg)
+    train, valid = _check(net, task, cfg, train, valid)
     k_train, k_fisher = jax.random.split(key)
+    opts = dict(loss=loss, optimizer=optimizer, method="ewc")
     if state is None:
-        net, rep = train_task(net, k_train, task, train, cfg)
+        net, rep = train_task(net, k_train, task, train, cfg, **opts)
         fisher_prev = None
     else:
         _check_state(net, state)
         net, rep = train_task(
-            net, k_train, task, train, cfg, penalty=_ewc_penalty(cfg.ewc_lambda), aux=state
+            net, k_train, task, train, cfg, penalty=_ewc_penalty(cfg.ewc_lambda), aux=state, **opts
         )
         fisher_prev = state["fisher"]
     fisher = diagonal_fisher(net, k_fisher, task, train[0], num_samples=cfg.fisher_samples)
     if fisher_prev is not None:
         fisher = jax.tree.map(jnp.add, fisher, fisher_prev)
     new_state = {"anchor": shared_params(net.params), "fisher": fisher}
-    return net, _report(net, task, valid, cfg, rep, "ewc", new_state)
+    return net, _report(net, task, valid, cfg, rep, "ewc", new_state, loss=loss)
 
 
 def _check_state(net: ExpandableNet, state: Any) -> None:

@@ -22,6 +22,15 @@ import urllib.request
 
 import numpy as np
 
+__all__ = [
+    "ARCHIVE",
+    "MD5",
+    "URL",
+    "download_cifar100",
+    "load_cifar100",
+    "load_tfds",
+]
+
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 ARCHIVE = "cifar-100-python.tar.gz"
 MD5 = "eb9058c3a382ffc7106e4002c42a8d85"

@@ -10,6 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "PYCIL_SEED",
+    "boundaries",
+    "class_order",
+    "indices_in_range",
+    "remap_labels",
+    "step_sizes",
+]
+
 PYCIL_SEED = 1993
 
 

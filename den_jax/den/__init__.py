@@ -11,7 +11,7 @@ from den_jax.den.config import (
     validate_config,
 )
 from den_jax.den.learner import learn_task, learn_task_with_state, lr_schedule, make_settings
-from den_jax.den.phases import PhaseSettings, PhaseState, sigmoid_ce, softmax_ce
+from den_jax.den.phases import PhaseSettings, PhaseState
 from den_jax.den.proximal import prox_group_lasso_columns, prox_l1, soft_threshold
 from den_jax.den.selection import Selection, bfs_units, select_subnetwork, subnetwork_masks
 from den_jax.den.split import choose_split_units, split_units, unit_drift
@@ -33,9 +33,7 @@ __all__ = [
     "prox_group_lasso_columns",
     "prox_l1",
     "select_subnetwork",
-    "sigmoid_ce",
     "soft_threshold",
-    "softmax_ce",
     "split_units",
     "subnetwork_masks",
     "unit_drift",

@@ -17,6 +17,20 @@ from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "DENConfig",
+    "EXPANSION_LOSS_ON",
+    "LOSSES",
+    "OPT_STATE_POLICIES",
+    "PROX_SCALES",
+    "SPLIT_RETRAIN",
+    "SPLIT_WHEN",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "validate_config",
+]
+
 LOSSES = ("softmax_ce", "sigmoid_ce")
 PROX_SCALES = ("lr", "none")
 SPLIT_WHEN = ("always", "after_expansion", "never")

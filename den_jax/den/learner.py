@@ -17,10 +17,8 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import chex
@@ -31,15 +29,19 @@ import optax
 
 from den_jax.align import align_tree, grow_opt_state
 from den_jax.capacity import count_params
+from den_jax.data.checks import check_finite, check_targets
 from den_jax.den import phases, split
 from den_jax.den.config import DENConfig
 from den_jax.den.phases import PhaseSettings, PhaseState
 from den_jax.den.selection import select_subnetwork
+from den_jax.losses import get_loss
+from den_jax.masks import task_mask
 from den_jax.network import ExpandableNet, resolve_task
+from den_jax.training import Optimizer, as_arrays, resolve_optimizer
 
 logger = logging.getLogger(__name__)
 
-OptimizerFactory = Callable[..., optax.GradientTransformation]
+__all__ = ["learn_task", "learn_task_with_state", "lr_schedule", "make_settings"]
 
 
 def lr_schedule(cfg: DENConfig) -> optax.Schedule:
@@ -49,35 +51,29 @@ def lr_schedule(cfg: DENConfig) -> optax.Schedule:
     )
 
 
-def _make_tx(factory: OptimizerFactory | None, schedule) -> optax.GradientTransformation:
-    if factory is None:
-        return optax.adam(schedule)
-    try:
-        n_params = len(inspect.signature(factory).parameters)
-    except (TypeError, ValueError):
-        n_params = 1
-    tx = factory() if n_params == 0 else factory(schedule)
-    if not isinstance(tx, optax.GradientTransformation):
-        raise ValueError(
-            f"optimizer_factory must return an optax.GradientTransformation, got {type(tx)}"
-        )
-    return tx
-
-
 def make_settings(
     cfg: DENConfig,
     *,
-    loss_fn: phases.LogitsLoss | None = None,
-    optimizer_factory: OptimizerFactory | None = None,
+    loss: phases.LogitsLoss | None = None,
+    optimizer: Optimizer | None = None,
 ) -> PhaseSettings:
     """Turns a config (plus optional loss/optimizer overrides) into :class:`PhaseSettings`.
 
     Without overrides the result is cached per config, so tasks and phases with the same
     shapes reuse compiled training loops.
+
+    Args:
+      cfg: the DEN config.
+      loss: ``(logits, y) -> scalar`` batch mean; default ``den_jax.losses.get_loss(cfg.loss)``.
+      optimizer: an ``optax.GradientTransformation`` or a factory ``schedule -> tx``
+        (:func:`den_jax.training.resolve_optimizer`); default ``optax.adam(schedule)``.
+
+    Returns:
+      The :class:`PhaseSettings`.
     """
-    if loss_fn is None and optimizer_factory is None:
+    if loss is None and optimizer is None:
         return _default_settings(cfg)
-    return _build_settings(cfg, loss_fn, optimizer_factory)
+    return _build_settings(cfg, loss, optimizer)
 
 
 @functools.lru_cache(maxsize=8)
@@ -85,14 +81,16 @@ def _default_settings(cfg: DENConfig) -> PhaseSettings:
     return _build_settings(cfg, None, None)
 
 
-def _build_settings(cfg: DENConfig, loss_fn, optimizer_factory) -> PhaseSettings:
+def _build_settings(cfg: DENConfig, loss, optimizer) -> PhaseSettings:
     schedule = lr_schedule(cfg)
-    if loss_fn is None:
-        loss_fn = phases.softmax_ce if cfg.loss == "softmax_ce" else phases.sigmoid_ce
+    if loss is None:
+        loss = get_loss(cfg.loss)
+    elif not callable(loss):
+        raise ValueError(f"loss must be a function (logits, y) -> scalar, got {loss!r}")
     return PhaseSettings(
-        tx=_make_tx(optimizer_factory, schedule),
+        tx=resolve_optimizer(optimizer, schedule),
         lr_schedule=schedule,
-        logits_loss=loss_fn,
+        logits_loss=loss,
         l1_lambda=float(cfg.l1_lambda),
         group_lambda=float(cfg.group_lambda),
         l2_lambda=float(cfg.l2_lambda),
@@ -105,9 +103,8 @@ def _build_settings(cfg: DENConfig, loss_fn, optimizer_factory) -> PhaseSettings
 
 
 def _as_data(data, name: str, spec) -> tuple[jax.Array, jax.Array]:
-    if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        raise ValueError(f"{name} must be a pair (x, y) of arrays, got {type(data).__name__}")
-    x, y = jnp.asarray(data[0], jnp.float32), jnp.asarray(data[1])
+    x, y = as_arrays(data, f"{name} of task {spec.name!r}")
+    x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y)
     if x.ndim != 2 or x.shape[1] != spec.input_dim:
         raise ValueError(
             f"{name}: task {spec.name!r} expects x of shape [N, {spec.input_dim}], "
@@ -118,6 +115,8 @@ def _as_data(data, name: str, spec) -> tuple[jax.Array, jax.Array]:
             f"{name}: x and y must have the same non-zero number of rows, got "
             f"{x.shape[0]} and {y.shape[0]}"
         )
+    check_finite(x, what=f"{name} of task {spec.name!r}: x")
+    check_targets(y, spec.output_dim, what=f"{name} of task {spec.name!r}: y")
     return x, y
 
 
@@ -134,8 +133,8 @@ def learn_task_with_state(
     cfg: DENConfig,
     *,
     opt_state: Any | None = None,
-    loss_fn: phases.LogitsLoss | None = None,
-    optimizer_factory: OptimizerFactory | None = None,
+    loss: phases.LogitsLoss | None = None,
+    optimizer: Optimizer | None = None,
 ) -> tuple[ExpandableNet, Any, dict]:
     """:func:`learn_task` that also takes and returns the optimizer state.
 
@@ -160,7 +159,7 @@ def learn_task_with_state(
         )
     train = _as_data(train_data, "train_data", spec)
     valid = None if valid_data is None else _as_data(valid_data, "valid_data", spec)
-    settings = make_settings(cfg, loss_fn=loss_fn, optimizer_factory=optimizer_factory)
+    settings = make_settings(cfg, loss=loss, optimizer=optimizer)
     chex.assert_tree_all_finite(net.params)
     t0 = time.perf_counter()
     keys = iter(jax.random.split(key, 16))
@@ -183,8 +182,9 @@ def learn_task_with_state(
             train,
             settings,
             num_steps=cfg.steps_task1,
-            update_mask=phases.task_mask(state.net, spec.name),
+            update_mask=task_mask(state.net, spec.name),
             prox=phases.make_l1_prox(settings),
+            phase="task1",
         )
         report["phases"]["task1"] = stats
     else:
@@ -221,6 +221,7 @@ def _learn_later_task(state, keys, spec, train, valid, cfg, settings, report) ->
         num_steps=cfg.steps_head,
         update_mask=head_mask,
         prox=phases.make_l1_prox(settings),
+        phase="head",
     )
     report["phases"]["head"] = stats
 
@@ -238,6 +239,7 @@ def _learn_later_task(state, keys, spec, train, valid, cfg, settings, report) ->
         prox=phases.make_l1_prox(settings),
         prev=prev_params,
         drift_mask=drift_mask,
+        phase="selective",
     )
     stats["selected_units"] = [int(u.size) for u in selection.units]
     report["phases"]["selective"] = stats
@@ -267,6 +269,7 @@ def _learn_later_task(state, keys, spec, train, valid, cfg, settings, report) ->
             num_steps=cfg.steps_expand,
             update_mask=mask,
             prox=phases.make_expansion_prox(settings, state.net, name, new_units),
+            phase="expansion",
         )
         state, removed = phases.prune_dead_units(state, name, new_units, settings)
         exp_report.update(stats)
@@ -291,10 +294,11 @@ def _learn_later_task(state, keys, spec, train, valid, cfg, settings, report) ->
                 train,
                 settings,
                 num_steps=cfg.steps_split_pretrain,
-                update_mask=phases.task_mask(state.net, name),
+                update_mask=task_mask(state.net, name),
                 prox=phases.make_l1_prox(settings),
                 prev=align_tree(prev_params, prev_net, state.net),
                 drift_mask=drift_mask,
+                phase="split_pretrain",
             )
             split_report["pretrain"] = stats
         prev_aligned = align_tree(prev_params, prev_net, state.net)
@@ -316,11 +320,11 @@ def _learn_later_task(state, keys, spec, train, valid, cfg, settings, report) ->
         split_report["split"] = [int(c.size) for c in chosen]
         drift_mask = phases.old_task_mask(state.net, name)
         if cfg.split_retrain == "all":
-            retrain_mask = phases.task_mask(state.net, name)
+            retrain_mask = task_mask(state.net, name)
         else:
             retrain_mask = jax.tree.map(
                 lambda m, d: jnp.asarray(np.asarray(m) * (1 - np.asarray(d))),
-                phases.task_mask(state.net, name),
+                task_mask(state.net, name),
                 drift_mask,
             )
         state, stats = phases.train_phase(
@@ -334,6 +338,7 @@ def _learn_later_task(state, keys, spec, train, valid, cfg, settings, report) ->
             prox=phases.make_l1_prox(settings),
             prev=align_tree(prev_params, prev_net, state.net),
             drift_mask=drift_mask,
+            phase="split_retrain",
         )
         split_report["retrain"] = stats
         split_report["seconds"] = time.perf_counter() - start
@@ -349,8 +354,9 @@ def learn_task(
     valid_data,
     cfg: DENConfig,
     *,
-    loss_fn: phases.LogitsLoss | None = None,
-    optimizer_factory: OptimizerFactory | None = None,
+    state: Any = None,
+    loss: phases.LogitsLoss | None = None,
+    optimizer: Optimizer | None = None,
 ) -> tuple[ExpandableNet, dict]:
     """Learns ``task`` with DEN (Alg. 1) and returns the grown network and a report.
 
@@ -358,12 +364,17 @@ def learn_task(
       net: the network; ``task`` must be its newest task (call ``dj.add_task`` first).
       key: PRNG key (shuffling, new units).
       task: the task's name.
-      train_data: ``(x [N, d_in] float, y [N] int labels)``.
-      valid_data: ``(x, y)`` or ``None``; the expansion test uses it when given.
+      train_data: ``(x [N, d_in] float, y [N] int labels)`` or an iterable of
+        ``(x_batch, y_batch)`` pairs (:func:`den_jax.training.as_arrays`).
+      valid_data: the same, or ``None``; the expansion test uses it when given.
       cfg: a :class:`~den_jax.den.config.DENConfig`.
-      loss_fn: ``(logits, y) -> scalar`` batch mean; overrides ``cfg.loss``.
-      optimizer_factory: ``schedule -> optax.GradientTransformation`` (default
-        ``optax.adam``) or a zero-argument factory.
+      state: accepted for the common learner signature and ignored (DEN keeps no state
+        between tasks besides the network).
+      loss: ``(logits, y) -> scalar`` batch mean (e.g. ``den_jax.losses.sigmoid_ce``);
+        overrides ``cfg.loss``.
+      optimizer: an ``optax.GradientTransformation`` or a one-argument factory
+        ``schedule -> GradientTransformation`` called with DEN's learning-rate schedule
+        (default ``optax.adam(schedule)``).
 
     Returns:
       ``(net, report)``; ``report`` is JSON-serialisable: per phase ``steps``,
@@ -372,7 +383,12 @@ def learn_task(
       expansion decision with the loss it was based on, units split per layer and drift
       statistics; plus ``final_task_loss``, ``widths``, ``params`` (``dj.count_params``:
       entries some task uses), ``stored_params`` (all stored entries), ``nonzero_params``.
+
+    Raises:
+      ValueError: bad data, config or task.
+      FloatingPointError: a loss became non-finite (the message names task and phase).
     """
+    del state
     net, _, report = learn_task_with_state(
         net,
         key,
@@ -380,7 +396,7 @@ def learn_task(
         train_data,
         valid_data,
         cfg,
-        loss_fn=loss_fn,
-        optimizer_factory=optimizer_factory,
+        loss=loss,
+        optimizer=optimizer,
     )
     return net, report

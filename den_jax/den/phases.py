@@ -28,26 +28,13 @@ import optax
 
 from den_jax.align import grow_opt_state
 from den_jax.den.proximal import prox_group_lasso_columns, prox_l1
-from den_jax.den.selection import subnetwork_masks
-from den_jax.network import ExpandableNet, NetMeta, apply, resolve_task, task_widths
+from den_jax.losses import Loss
+from den_jax.masks import task_mask
+from den_jax.network import ExpandableNet, NetMeta, apply, resolve_task
 from den_jax.surgery import add_units_all, remove_units
 from den_jax.training import evaluate_loss, train_steps
 
-LogitsLoss = Callable[[jax.Array, jax.Array], jax.Array]
-
-
-def softmax_ce(logits: jax.Array, y: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy; ``y`` integer labels ``[B]`` or targets ``[B, C]``."""
-    if y.ndim == logits.ndim:
-        return optax.softmax_cross_entropy(logits, y).mean()
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y.astype(jnp.int32)).mean()
-
-
-def sigmoid_ce(logits: jax.Array, y: jax.Array) -> jax.Array:
-    """Mean one-vs-rest sigmoid cross-entropy over batch and classes (official DEN code)."""
-    if y.ndim != logits.ndim:
-        y = jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
-    return optax.sigmoid_binary_cross_entropy(logits, y).mean()
+LogitsLoss = Loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,16 +89,28 @@ def _is_weight(path) -> bool:
     return getattr(path[-1], "key", None) == "w"
 
 
+__all__ = [
+    "LogitsLoss",
+    "PhaseSettings",
+    "PhaseState",
+    "carry_opt_state",
+    "expand",
+    "make_expansion_prox",
+    "make_l1_prox",
+    "new_unit_indices",
+    "old_task_mask",
+    "prune_dead_units",
+    "task_loss",
+    "train_phase",
+    "weights_only",
+]
+
+
 def weights_only(tree: Any) -> Any:
     """A pytree like ``tree`` with 1.0 on weight matrices and ``None`` on biases."""
     return jax.tree_util.tree_map_with_path(
         lambda path, v: jnp.ones((), v.dtype) if _is_weight(path) else None, tree
     )
-
-
-def task_mask(net: ExpandableNet, task: int | str) -> Any:
-    """0/1 mask of every weight ``task`` uses (all its units, its input and output heads)."""
-    return subnetwork_masks(net, task, [np.arange(n) for n in task_widths(net, task)])
 
 
 def old_task_mask(net: ExpandableNet, task: int | str) -> Any:
@@ -236,6 +235,7 @@ def train_phase(
     prox=None,
     prev: Any | None = None,
     drift_mask: Any | None = None,
+    phase: str = "train",
 ) -> tuple[PhaseState, dict]:
     """Trains ``update_mask``'s weights for ``num_steps`` steps; returns state and stats.
 
@@ -250,6 +250,11 @@ def train_phase(
       prox: optional ``prox(params, lr)``.
       prev: ``W^{t-1}`` aligned to the current network (needed when ``drift_lambda > 0``).
       drift_mask: 0/1 pytree of the entries the drift penalty covers.
+      phase: the phase's name, for error messages.
+
+    Raises:
+      FloatingPointError: a training loss became non-finite; the message names the task,
+        the phase and the step.
     """
     net = state.net
     if settings.grow_opt_state and state.opt_state is not None:
@@ -262,22 +267,25 @@ def train_phase(
         "drift_mask": zeros if drift_mask is None else drift_mask,
     }
     start = time.perf_counter()
-    params, opt_state, losses = train_steps(
-        net.params,
-        opt_state,
-        tx=settings.tx,
-        loss_fn=_loss_fn(net.meta, task, settings),
-        x=data[0],
-        y=data[1],
-        key=key,
-        num_steps=num_steps,
-        batch_size=min(settings.batch_size, int(data[0].shape[0])),
-        update_mask=update_mask,
-        prox=prox,
-        learning_rate=settings.lr_schedule,
-        loss_aux=aux,
-        step_offset=offset,
-    )
+    try:
+        params, opt_state, losses = train_steps(
+            net.params,
+            opt_state,
+            tx=settings.tx,
+            loss_fn=_loss_fn(net.meta, task, settings),
+            x=data[0],
+            y=data[1],
+            key=key,
+            num_steps=num_steps,
+            batch_size=min(settings.batch_size, int(data[0].shape[0])),
+            update_mask=update_mask,
+            prox=prox,
+            learning_rate=settings.lr_schedule,
+            loss_aux=aux,
+            step_offset=offset,
+        )
+    except FloatingPointError as err:
+        raise FloatingPointError(f"DEN task {task!r}, phase {phase!r}: {err}") from err
     losses = np.asarray(jax.device_get(losses))
     stats = {
         "steps": int(num_steps),

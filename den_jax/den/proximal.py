@@ -19,6 +19,12 @@ import chex
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+    "prox_group_lasso_columns",
+    "prox_l1",
+    "soft_threshold",
+]
+
 
 def soft_threshold(x: jax.Array, threshold: jax.Array | float) -> jax.Array:
     """``sign(x) * max(|x| - threshold, 0)`` element-wise (the prox of ``threshold*|x|``)."""

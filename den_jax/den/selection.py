@@ -22,6 +22,13 @@ import numpy as np
 
 from den_jax.network import ExpandableNet, resolve_task, task_widths
 
+__all__ = [
+    "Selection",
+    "bfs_units",
+    "select_subnetwork",
+    "subnetwork_masks",
+]
+
 
 class Selection(NamedTuple):
     """Result of :func:`select_subnetwork`.
@@ -67,6 +74,10 @@ def _indicator(size: int, idx: np.ndarray) -> np.ndarray:
 
 def subnetwork_masks(net: ExpandableNet, task: int | str, units: list[np.ndarray]) -> Any:
     """Element-wise 0/1 masks (like ``net.params``) of the subnetwork spanned by ``units``.
+
+    A *selected subnetwork* (Eq. 4's ``W_S``): only the chosen units' weights. With every
+    unit the task may use (``units = [arange(n) for n in task_widths(net, task)]``) it is
+    :func:`den_jax.masks.task_mask`; use that for "everything the task uses".
 
     Args:
       net: the network.

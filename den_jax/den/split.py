@@ -20,6 +20,12 @@ from den_jax.den.phases import PhaseSettings, PhaseState, carry_opt_state, old_t
 from den_jax.network import ExpandableNet
 from den_jax.surgery import duplicate_units
 
+__all__ = [
+    "choose_split_units",
+    "split_units",
+    "unit_drift",
+]
+
 
 def unit_drift(net: ExpandableNet, prev: Any, drift_mask: Any) -> list[np.ndarray]:
     """Per layer, the drift ``rho_i = ||w_i^t - w_i^{t-1}||_2`` of every unit (Alg. 4).

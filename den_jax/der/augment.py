@@ -3,7 +3,9 @@
 Reproduces PyCIL's / the official DER code's CIFAR training transform
 (``RandomCrop(32, padding=4)`` with zero fill, ``RandomHorizontalFlip()``,
 ``ColorJitter(brightness=63/255)``, ``ToTensor()``, ``Normalize(mean, std)``)
-on uint8 batches that live on the device, so no host pipeline is needed.
+on uint8 batches that live on the device, so no host pipeline is needed. Float batches
+(already normalised, ``StreamData.from_float``) are augmented as they are: pass
+``brightness=0`` (the jitter assumes [0, 1] pixels); zero padding is then the mean colour.
 """
 
 from __future__ import annotations
@@ -13,10 +15,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
-CIFAR100_STD = (0.2675, 0.2565, 0.2761)
-MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+from den_jax.data.images import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    MNIST_MEAN,
+    MNIST_STD,
+)
+
+__all__ = [
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "augment",
+    "normalize",
+]
 
 
 def normalize(x: jax.Array, mean, std) -> jax.Array:
@@ -47,7 +64,8 @@ def augment(
 
     Args:
       key: PRNG key.
-      x: uint8 images ``[B, H, W, C]``.
+      x: uint8 images ``[B, H, W, C]`` (scaled by 1/255), or float images used as they
+        are (e.g. already normalised, with ``mean`` 0, ``std`` 1 and ``brightness=0``).
       mean, std: per-channel normalisation constants.
       pad: zero padding of the random crop (4 in DER/PyCIL); 0 disables.
       flip: random horizontal flip with probability 1/2.
@@ -59,7 +77,7 @@ def augment(
     chex.assert_rank(x, 4)
     b, h, w, c = x.shape
     k_crop, k_flip, k_bri = jax.random.split(key, 3)
-    img = x.astype(jnp.float32) / 255.0
+    img = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
     if pad > 0:
         padded = jnp.pad(img, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
         offs = jax.random.randint(k_crop, (b, 2), 0, 2 * pad + 1)

@@ -22,7 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from den_jax import losses
 from den_jax.der import augment, model, pruning
+
+__all__ = [
+    "balanced_finetune",
+    "balanced_subset",
+    "weight_align",
+]
 
 
 def weight_align(state: model.DERState) -> tuple[model.DERState, float]:
@@ -107,7 +114,7 @@ def balanced_finetune(
         def loss_fn(p):
             logits = feats @ p["kernel"] + p["bias"]
             logits = jnp.where(jnp.arange(state.num_total) < state.num_seen, logits, model.NEG)
-            return optax.softmax_cross_entropy_with_integer_labels(logits / temperature, y).mean()
+            return losses.softmax_ce(logits / temperature, y)
 
         loss, g = jax.value_and_grad(loss_fn)(fc)
         upd, opt = tx.update(g, opt, fc)

@@ -5,7 +5,8 @@ All metrics are pure functions of predictions or of the accuracy matrix
 ``trainer.py`` definitions):
 
 * average incremental accuracy = mean over steps of the top-1 on all seen classes;
-* forgetting after step t = mean over j < t of ``max_{k<t} R[k, j] - R[t, j]``.
+* forgetting after step t = mean over j < t of ``max_{j<=k<t} R[k, j] - R[t, j]``:
+  :func:`den_jax.metrics.forgetting` on :func:`square_matrix` of the rows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from den_jax.der import augment, model, pruning
+
+__all__ = [
+    "average_incremental_accuracy",
+    "evaluate_state",
+    "grouped_accuracy",
+    "make_predict",
+    "predict_all",
+    "square_matrix",
+    "task_accuracies",
+    "topk_accuracy",
+]
 
 
 def make_predict(mean: Sequence[float], std: Sequence[float]):
@@ -100,16 +112,14 @@ def task_accuracies(pred: np.ndarray, labels: np.ndarray, boundaries: Sequence[i
     return out
 
 
-def forgetting(acc_matrix: Sequence[Sequence[float]]) -> float:
-    """Mean over earlier tasks j of ``max_{k<t} R[k][j] - R[t][j]`` at the last row t.
+def square_matrix(rows: Sequence[Sequence[float]]) -> list[list[float | None]]:
+    """The ragged accuracy matrix (row t has t+1 entries) padded with None to ``[T, T]``.
 
-    Returns 0.0 after the first step.
+    The padded form is what :func:`den_jax.metrics.forgetting` and the other
+    ``den_jax.metrics`` functions read (None = not evaluated).
     """
-    t = len(acc_matrix) - 1
-    if t <= 0:
-        return 0.0
-    drops = [max(acc_matrix[k][j] for k in range(j, t)) - acc_matrix[t][j] for j in range(t)]
-    return float(np.mean(drops))
+    t = len(rows)
+    return [list(r) + [None] * (t - len(r)) for r in rows]
 
 
 def average_incremental_accuracy(curve: Sequence[float]) -> float:

@@ -10,6 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "from_json",
+    "herding",
+    "memory_indices",
+    "per_class_quota",
+    "shrink",
+    "to_json",
+    "update_memory",
+]
+
 
 def per_class_quota(memory_size: int, num_seen: int, fixed_per_class: int | None = None) -> int:
     """Exemplars per class.

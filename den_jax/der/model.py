@@ -31,9 +31,27 @@ import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
+from den_jax import losses
 from den_jax.der import resnet
+
+__all__ = [
+    "DERState",
+    "NEG",
+    "abstract_state",
+    "add_classes",
+    "aux_labels",
+    "der_loss",
+    "expand",
+    "forward",
+    "init_der_state",
+    "init_mask_embeddings",
+    "linear_init",
+    "old_features",
+    "param_counts",
+    "trainable",
+    "with_trainable",
+]
 
 NEG = -1e9  # logit of classes not seen yet
 
@@ -96,7 +114,7 @@ def init_mask_embeddings(base_width: int, value: float = 1.0) -> tuple:
     return tuple(jnp.full((w,), value, jnp.float32) for w in resnet.full_inner_widths(base_width))
 
 
-def init_state(
+def init_der_state(
     key: jax.Array,
     *,
     base_width: int,
@@ -295,10 +313,8 @@ def der_loss(
     Returns:
       ``(loss, {"ce": ..., "aux": ...})``.
     """
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    aux = optax.softmax_cross_entropy_with_integer_labels(
-        aux_logits, aux_labels(labels, num_old)
-    ).mean()
+    ce = losses.softmax_ce(logits, labels)
+    aux = losses.softmax_ce(aux_logits, aux_labels(labels, num_old))
     return ce + aux_weight * aux, {"ce": ce, "aux": aux}
 
 
@@ -326,9 +342,9 @@ def param_counts(state: DERState) -> dict:
       ``{"all": ..., "trainable": ..., "backbones": [...]}``; BN statistics excluded.
     """
     fdim = state.feature_dim * (state.step + 1)
-    heads = fdim * state.num_seen + state.num_seen + resnet.count_params(state.aux)
-    old = [resnet.count_params(v["params"]) for v in state.old]
-    new = resnet.count_params(state.new["params"])
+    heads = fdim * state.num_seen + state.num_seen + resnet.count_backbone_params(state.aux)
+    old = [resnet.count_backbone_params(v["params"]) for v in state.old]
+    new = resnet.count_backbone_params(state.new["params"])
     return {"all": sum(old) + new + heads, "trainable": new + heads, "backbones": old + [new]}
 
 

@@ -28,6 +28,17 @@ import numpy as np
 
 from den_jax.der import resnet
 
+__all__ = [
+    "EMB_CLIP",
+    "anneal_s",
+    "binary_masks",
+    "clip_embeddings",
+    "compensate_grads",
+    "masks_from_embeddings",
+    "materialise",
+    "sparsity_loss",
+]
+
 EMB_CLIP = 6.0  # HAT's thres_emb: |e| <= 6 after each update
 
 

@@ -32,6 +32,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+    "BLOCKS_PER_STAGE",
+    "BasicBlock",
+    "NUM_BLOCKS",
+    "NUM_STAGES",
+    "ResNet32",
+    "count_backbone_params",
+    "full_inner_widths",
+    "init_backbone",
+    "stage_widths",
+]
+
 NUM_STAGES = 3
 BLOCKS_PER_STAGE = 5
 NUM_BLOCKS = NUM_STAGES * BLOCKS_PER_STAGE
@@ -176,6 +188,6 @@ def init_backbone(key: jax.Array, base_width: int, in_channels: int, image_size:
     return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
 
-def count_params(tree) -> int:
-    """Number of scalars in a pytree."""
+def count_backbone_params(tree) -> int:
+    """Number of scalars in a pytree of backbone (or head) parameters."""
     return int(sum(x.size for x in jax.tree.leaves(tree)))

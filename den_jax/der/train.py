@@ -33,6 +33,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from den_jax.der import augment, model, pruning
 
+__all__ = [
+    "decay_mask_for",
+    "epoch_batches",
+    "make_mesh",
+    "make_optimizer",
+    "make_train_epoch",
+    "make_train_step",
+    "replicate",
+    "resolve_donate",
+    "run_epoch",
+    "run_epoch_scanned",
+    "shard_batch",
+]
+
 
 def make_mesh(devices: Sequence[Any] | None = None) -> Mesh:
     """1-D mesh ``("data",)`` over ``devices`` (default: all local devices)."""

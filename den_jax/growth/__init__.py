@@ -3,12 +3,14 @@
 Pure growth operations (:mod:`~den_jax.growth.ops`), strategies deciding when and how to
 grow (:mod:`~den_jax.growth.strategies`), an epoch-based trainer
 (:mod:`~den_jax.growth.trainer`), checkpoints (:mod:`~den_jax.growth.checkpointing`),
-history, plots and layer importance. See ``docs/growth.md``.
+history, unit and layer importance; the plots (defined in :mod:`den_jax.plots`) are
+re-exported here. See ``docs/growth.md``.
 """
 
 from den_jax.growth.checkpointing import restore_checkpoint, save_checkpoint
 from den_jax.growth.growth_trainer import GrowthTrainer
 from den_jax.growth.history import GrowthEvent, History, growth_summary
+from den_jax.growth.importance import layer_importance, unit_importance
 from den_jax.growth.ops import (
     IDENTITY_SAFE_ACTIVATIONS,
     GrowthAction,
@@ -37,9 +39,9 @@ from den_jax.growth.trainer import (
     predict,
     train,
 )
+from den_jax.plots import plot_architecture, plot_history, plot_layer_importance
 
 __all__ = [
-    "IDENTITY_SAFE_ACTIVATIONS",
     "Adaptive",
     "FunctionStrategy",
     "GradientMagnitude",
@@ -49,6 +51,7 @@ __all__ = [
     "GrowthStrategy",
     "GrowthTrainer",
     "History",
+    "IDENTITY_SAFE_ACTIVATIONS",
     "LossPlateau",
     "TrainState",
     "TrainerConfig",
@@ -61,10 +64,15 @@ __all__ = [
     "growth_summary",
     "init_state",
     "insert_layer",
+    "layer_importance",
     "make_optimizer",
     "outputs",
+    "plot_architecture",
+    "plot_history",
+    "plot_layer_importance",
     "predict",
     "restore_checkpoint",
     "save_checkpoint",
     "train",
+    "unit_importance",
 ]

@@ -2,8 +2,11 @@
 
 One epoch is one jitted ``lax.scan`` over ``n // batch_size`` shuffled minibatches (the
 remainder is dropped; the permutation depends only on ``(seed, epoch)``, so a resumed
-run sees the same batches). The jitted function is cached per ``(config, task)``; it
-retraces only when the network's architecture changes.
+run sees the same batches). Each step is :func:`den_jax.training.train_step`, the same
+step :func:`den_jax.training.train_steps` runs; other tasks' heads are frozen with
+:func:`den_jax.masks.trainable_mask`; dropout is :func:`den_jax.network.apply`'s
+``dropout=``. The jitted function is cached per ``(config, task)``; it retraces only when
+the network's architecture changes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,24 @@ import numpy as np
 import optax
 
 from den_jax.growth.history import History
-from den_jax.network import ACTIVATIONS, ExpandableNet, apply, resolve_task, task_params
+from den_jax.losses import get_loss
+from den_jax.masks import trainable_mask
+from den_jax.network import ExpandableNet, apply, resolve_task
+from den_jax.training import train_step
+
+__all__ = [
+    "NAN_POLICIES",
+    "OPTIMIZERS",
+    "PROBLEMS",
+    "TrainState",
+    "TrainerConfig",
+    "check_data",
+    "check_loss_fn",
+    "default_loss",
+    "epoch_batches",
+    "epoch_fn",
+    "make_optimizer",
+]
 
 PROBLEMS = ("classification", "regression")
 OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd, "rmsprop": optax.rmsprop}
@@ -37,7 +57,10 @@ class TrainerConfig:
       learning_rate: used when ``optimizer`` is a name.
       batch_size: minibatch size (capped at the dataset size).
       dropout: dropout rate on hidden activations during training, in ``[0, 1)``.
-      loss_fn: optional ``loss_fn(outputs [B, d_out], targets [B, ...]) -> scalar``.
+      loss_fn: optional ``loss_fn(outputs [B, d_out], targets) -> scalar`` batch mean.
+        Targets are integer labels ``[B]`` (classification) or ``[B, d_out]``
+        (regression: targets ``[N]`` are reshaped to ``[N, 1]``), e.g.
+        ``den_jax.losses.huber``. :func:`check_loss_fn` checks it before training.
       nan_policy: on a non-finite training loss, ``"stop"`` (keep the last good state and
         record why in ``history.stopped``) or ``"raise"`` (``FloatingPointError``).
       seed: seeds the per-epoch shuffles.
@@ -91,7 +114,7 @@ class TrainerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainState:
-    """Everything a run changes. ``key`` is a raw ``uint32[2]`` PRNG key."""
+    """Everything a run changes. ``key`` is a PRNG key (raw ``uint32[2]`` or typed)."""
 
     net: ExpandableNet
     opt_state: Any
@@ -111,28 +134,8 @@ def make_optimizer(config: TrainerConfig) -> optax.GradientTransformation:
 
 
 def default_loss(problem: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """Mean softmax cross-entropy (integer labels) or mean squared error."""
-    if problem == "classification":
-        return lambda out, y: optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
-    return lambda out, y: jnp.mean((out - y) ** 2)
-
-
-def forward(net: ExpandableNet, x: jax.Array, task: str, rate: float, key: jax.Array | None):
-    """Task ``task``'s outputs ``[B, d_out]`` with inverted dropout on hidden activations."""
-    if rate == 0.0 or key is None:
-        return apply(net, x, task)
-    act = ACTIVATIONS[net.meta.activation]
-    tp = task_params(net, task)
-    keys = jax.random.split(key, len(tp["hidden"]))
-
-    def drop(h, k):
-        keep = jax.random.bernoulli(k, 1.0 - rate, h.shape)
-        return jnp.where(keep, h / (1.0 - rate), 0.0)
-
-    h = drop(act(x @ tp["input"]["w"] + tp["hidden"][0]["b"]), keys[0])
-    for hp, k in zip(tp["hidden"][1:], keys[1:]):
-        h = drop(act(h @ hp["w"] + hp["b"]), k)
-    return h @ tp["output"]["w"] + tp["output"]["b"]
+    """:func:`den_jax.losses.softmax_ce` (classification) or :func:`den_jax.losses.mse`."""
+    return get_loss("softmax_ce" if problem == "classification" else "mse")
 
 
 def _layer_grad_norms(grads: dict, net: ExpandableNet, task: str) -> jax.Array:
@@ -146,44 +149,54 @@ def _layer_grad_norms(grads: dict, net: ExpandableNet, task: str) -> jax.Array:
     return jnp.stack(norms)
 
 
-def _freeze_other_tasks(updates: dict, net: ExpandableNet, task: str) -> dict:
-    """Zeroes updates of other tasks' heads (Adam would otherwise move them from momentum)."""
-    spec = resolve_task(net.meta, task)
-    zero = lambda t: jax.tree.map(jnp.zeros_like, t)  # noqa: E731
-    out = dict(updates)
-    out["output_heads"] = {
-        k: v if k == task else zero(v) for k, v in updates["output_heads"].items()
-    }
-    out["input_heads"] = {
-        k: v if k == spec.input_key else zero(v) for k, v in updates["input_heads"].items()
-    }
-    return out
-
-
 @functools.lru_cache(maxsize=64)
-def _epoch_fn(config: TrainerConfig, task: str):
+def epoch_fn(config: TrainerConfig, task: str):
+    """The jitted epoch ``run_epoch(net, opt_state, key, xb [S, B, d], yb [S, B, ...])``.
+
+    Runs :func:`den_jax.training.train_step` over the ``S`` batches (a ``lax.scan``);
+    step ``i``'s dropout key is ``fold_in(key, i)``. Only ``task``'s heads and the shared
+    layers change (:func:`den_jax.masks.trainable_mask`).
+
+    Args:
+      config: the trainer config (optimizer, loss, dropout).
+      task: the task trained.
+
+    Returns:
+      ``run_epoch -> (net, opt_state, mean_loss, mean_grad_norm, mean_layer_grad_norms)``;
+      cached per ``(config, task)``.
+    """
     tx = make_optimizer(config)
     loss_fn = config.loss_fn or default_loss(config.problem)
+    rate = float(config.dropout)
 
     def run_epoch(net, opt_state, key, xb, yb):
+        meta = net.meta
+        mask = trainable_mask(net, task)
+
+        def objective(params, x, y, k):
+            out = apply(ExpandableNet(params=params, meta=meta), x, task, dropout=rate, key=k)
+            return loss_fn(out, y)
+
         def step(carry, batch):
-            net, opt_state, i = carry
+            params, opt_state, i = carry
             x, y = batch
-            k = jax.random.fold_in(key, i)
-
-            def loss_of(params):
-                return loss_fn(forward(net.replace(params=params), x, task, config.dropout, k), y)
-
-            loss, grads = jax.value_and_grad(loss_of)(net.params)
-            updates, opt_state = tx.update(grads, opt_state, net.params)
-            updates = _freeze_other_tasks(updates, net, task)
-            params = optax.apply_updates(net.params, updates)
+            params, opt_state, loss, grads = train_step(
+                params,
+                opt_state,
+                x,
+                y,
+                tx=tx,
+                loss_fn=objective,
+                loss_aux=jax.random.fold_in(key, i),
+                update_mask=mask,
+            )
             metrics = (loss, optax.global_norm(grads), _layer_grad_norms(grads, net, task))
-            return (net.replace(params=params), opt_state, i + 1), metrics
+            return (params, opt_state, i + 1), metrics
 
-        (net, opt_state, _), (losses, gnorms, lnorms) = jax.lax.scan(
-            step, (net, opt_state, jnp.int32(0)), (xb, yb)
+        (params, opt_state, _), (losses, gnorms, lnorms) = jax.lax.scan(
+            step, (net.params, opt_state, jnp.int32(0)), (xb, yb)
         )
+        net = net.replace(params=params)
         return net, opt_state, losses.mean(), gnorms.mean(), lnorms.mean(axis=0)
 
     return jax.jit(run_epoch)
@@ -230,9 +243,63 @@ def check_data(
     return x, y
 
 
-def _batches(config: TrainerConfig, epoch: int, x: np.ndarray, y: np.ndarray):
+def epoch_batches(config: TrainerConfig, epoch: int, x: np.ndarray, y: np.ndarray):
+    """The shuffled minibatches of one epoch (a permutation seeded by ``(seed, epoch)``).
+
+    Args:
+      config: the trainer config (``seed``, ``batch_size``).
+      epoch: the global epoch number.
+      x: inputs ``[N, d]``.
+      y: targets ``[N, ...]``.
+
+    Returns:
+      ``(xb [S, B, d], yb [S, B, ...], S)`` with ``B = min(batch_size, N)`` and
+      ``S = N // B`` (the remainder of the permutation is dropped).
+    """
     n = x.shape[0]
     bs = min(config.batch_size, n)
     steps = n // bs
     perm = np.random.default_rng([config.seed, epoch]).permutation(n)[: steps * bs]
     return x[perm].reshape(steps, bs, -1), y[perm].reshape(steps, bs, *y.shape[1:]), steps
+
+
+def check_loss_fn(config: TrainerConfig, net: ExpandableNet, task: str, x, y) -> None:
+    """Checks, without computing anything, that the loss gets matching shapes and is a scalar.
+
+    The trainer calls the loss as ``loss_fn(outputs [B, d_out], targets)`` with targets
+    ``[B]`` integer labels (classification) or ``[B, d_out]`` (regression). A loss that
+    fails on those shapes, or returns a non-scalar, raises here, before any training.
+
+    Args:
+      config: the trainer config.
+      net: the network.
+      task: the task trained.
+      x: inputs ``[N, d_in]`` (as from :func:`check_data`).
+      y: targets (as from :func:`check_data`).
+
+    Raises:
+      ValueError: naming the shapes the loss receives and what it returned.
+    """
+    spec = resolve_task(net.meta, task)
+    loss_fn = config.loss_fn or default_loss(config.problem)
+    b = min(config.batch_size, x.shape[0])
+    out = jax.ShapeDtypeStruct((b, spec.output_dim), jnp.float32)
+    tgt = jax.ShapeDtypeStruct((b, *y.shape[1:]), y.dtype)
+    if config.problem == "regression" and tgt.shape != out.shape:
+        raise ValueError(
+            f"regression targets have shape {tgt.shape} per batch but the outputs have "
+            f"{out.shape}; expected both [B, d_out]"
+        )
+    what = (
+        f"the loss receives outputs {out.shape} and targets {tgt.shape} "
+        f"({'integer labels [B]' if config.problem == 'classification' else '[B, d_out]'})"
+    )
+    try:
+        value = jax.eval_shape(loss_fn, out, tgt)
+    except Exception as err:  # noqa: BLE001 (any failure of user code is reported)
+        raise ValueError(f"TrainerConfig.loss_fn failed: {what}: {err}") from err
+    if getattr(value, "shape", None) != ():
+        raise ValueError(
+            f"TrainerConfig.loss_fn must return a scalar (the batch mean); {what} and it "
+            f"returned shape {getattr(value, 'shape', type(value).__name__)}"
+        )

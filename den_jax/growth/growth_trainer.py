@@ -17,6 +17,10 @@ from den_jax.growth import checkpointing, trainer
 from den_jax.growth.history import History, growth_summary
 from den_jax.growth.protocol import GrowthStrategy
 
+__all__ = [
+    "GrowthTrainer",
+]
+
 
 class GrowthTrainer:
     """Stateful convenience wrapper: ``train``, ``evaluate``, ``predict``, ``save``...

@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+__all__ = ["GrowthEvent", "History", "final_architecture", "growth_summary"]
+
 
 @dataclasses.dataclass(frozen=True)
 class GrowthEvent:
@@ -98,8 +100,33 @@ class History:
             raise ValueError(f"not a growth history: {err!r}") from err
 
 
+def final_architecture(history: History) -> tuple[list[int], Any]:
+    """The hidden widths and parameter count at the end of a run.
+
+    An epoch's metrics are logged before the growth that epoch triggers, so when the
+    network grew after the last epoch the last metrics are stale; the last event's
+    ``widths_after`` / ``params_after`` are the final architecture then.
+
+    Args:
+      history: the run's history (at least one epoch).
+
+    Returns:
+      ``(widths, params)``.
+    """
+    last = history.epochs[-1]
+    widths, params = list(last.get("widths", [])), last.get("params", "?")
+    if history.events and history.events[-1].epoch >= int(last.get("epoch", -1)):
+        widths = list(history.events[-1].widths_after)
+        params = history.events[-1].params_after
+    return widths, params
+
+
 def growth_summary(history: History) -> str:
-    """A plain-text summary: start/end architecture, each growth event, final metrics."""
+    """A plain-text summary: start/end architecture, each growth event, final metrics.
+
+    The end architecture includes a growth that fired after the last epoch
+    (:func:`final_architecture`).
+    """
     lines = []
     if not history.epochs:
         return "no epochs trained yet"
@@ -109,9 +136,10 @@ def growth_summary(history: History) -> str:
         f"growth events: {len(history.events)}"
     )
     start_widths = history.events[0].widths_before if history.events else first.get("widths")
-    lines.append(f"architecture: {list(start_widths)} -> {list(last.get('widths', []))}")
+    end_widths, end_params = final_architecture(history)
+    lines.append(f"architecture: {list(start_widths)} -> {end_widths}")
     if history.events:
-        lines.append(f"parameters: {history.events[0].params_before} -> {last.get('params', '?')}")
+        lines.append(f"parameters: {history.events[0].params_before} -> {end_params}")
     for e in history.events:
         what = (
             f"+{e.units} units in layer {e.layer}"

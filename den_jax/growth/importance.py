@@ -19,6 +19,12 @@ import numpy as np
 
 from den_jax.network import ACTIVATIONS, ExpandableNet, resolve_task, task_params
 
+__all__ = [
+    "METHODS",
+    "layer_importance",
+    "unit_importance",
+]
+
 METHODS = ("weight", "gradient")
 
 

@@ -24,8 +24,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from den_jax.align import grow_opt_state
-from den_jax.network import ExpandableNet, LayerUnits, _shallow_copy, check_layer
+from den_jax.network import ExpandableNet, LayerUnits, check_layer, shallow_copy
 from den_jax.surgery import add_units
+
+__all__ = [
+    "ACTION_KINDS",
+    "GrowthAction",
+    "IDENTITY_SAFE_ACTIVATIONS",
+    "apply_action",
+    "apply_actions",
+    "grow_width",
+    "insert_layer",
+    "total_hidden_units",
+    "validate_action",
+    "widths_after",
+]
 
 #: Activations for which an identity-initialised layer reproduces its input exactly: the
 #: layer below outputs ``h = act(z)`` and ``act(I h + 0) = h`` must hold for every such
@@ -127,7 +140,7 @@ def insert_layer(net: ExpandableNet, position: int) -> ExpandableNet:
     position = int(position)
     below = net.meta.layers[position - 1]
     width = below.width
-    params = _shallow_copy(net.params)
+    params = shallow_copy(net.params)
     dtype = params["hidden"][position - 1]["b"].dtype
     hidden = list(params["hidden"])
     hidden.insert(position, {"w": jnp.eye(width, dtype=dtype), "b": jnp.zeros((width,), dtype)})

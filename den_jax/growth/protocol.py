@@ -25,6 +25,20 @@ from typing import Any
 
 from den_jax.growth.ops import GrowthAction, total_hidden_units, widths_after
 
+__all__ = [
+    "FunctionStrategy",
+    "GrowthDecision",
+    "GrowthStrategy",
+    "Metrics",
+    "State",
+    "check_cap",
+    "check_nonneg",
+    "decide",
+    "finite_metric",
+    "metric_widths",
+    "width_actions",
+]
+
 Metrics = Mapping[str, Any]
 State = dict[str, Any]
 
@@ -38,7 +52,8 @@ class GrowthDecision:
     actions: tuple[GrowthAction, ...] = ()
 
 
-def _finite(metrics: Metrics, key: str) -> float:
+def finite_metric(metrics: Metrics, key: str) -> float:
+    """``metrics[key]`` as a float; ``ValueError`` if it is missing or not finite."""
     if key not in metrics:
         raise ValueError(
             f"growth strategy monitors {key!r}, but the metrics only have {sorted(metrics)}"
@@ -51,13 +66,15 @@ def _finite(metrics: Metrics, key: str) -> float:
     return value
 
 
-def _widths(metrics: Metrics) -> tuple[int, ...]:
+def metric_widths(metrics: Metrics) -> tuple[int, ...]:
+    """The hidden widths ``metrics["widths"]``; ``ValueError`` if the metrics lack them."""
     if "widths" not in metrics:
         raise ValueError("growth strategies need metrics['widths'] (the current hidden widths)")
     return tuple(int(w) for w in metrics["widths"])
 
 
-def _check_cap(max_network_size: int | None, widths: Sequence[int]) -> None:
+def check_cap(max_network_size: int | None, widths: Sequence[int]) -> None:
+    """Raises ``ValueError`` if ``widths`` already exceed ``max_network_size`` hidden units."""
     if max_network_size is not None and total_hidden_units(widths) > max_network_size:
         raise ValueError(
             f"the network already has {total_hidden_units(widths)} hidden units, more than "
@@ -65,7 +82,8 @@ def _check_cap(max_network_size: int | None, widths: Sequence[int]) -> None:
         )
 
 
-def _check_nonneg(name: str, value: float, positive: bool = False) -> None:
+def check_nonneg(name: str, value: float, positive: bool = False) -> None:
+    """Raises ``ValueError`` naming ``name`` unless ``value`` is a number >= 0 (> 0 if asked)."""
     if not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
         kind = "positive" if positive else "non-negative"
         raise ValueError(f"{name} must be a {kind} number, got {value!r}")
@@ -168,7 +186,7 @@ def decide(
     if not fire:
         return state, GrowthDecision(False, reason)
     actions = tuple(strategy.growth_action(metrics, state))
-    widths = list(_widths(metrics))
+    widths = list(metric_widths(metrics))
     for a in actions:
         if not isinstance(a, GrowthAction):
             raise ValueError(f"growth_action must return GrowthAction objects, got {a!r}")

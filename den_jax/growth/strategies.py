@@ -15,11 +15,11 @@ from den_jax.growth.protocol import (
     GrowthStrategy,
     Metrics,
     State,
-    _check_cap,
-    _check_nonneg,
-    _finite,
-    _widths,
+    check_cap,
+    check_nonneg,
     decide,
+    finite_metric,
+    metric_widths,
     width_actions,
 )
 
@@ -69,20 +69,20 @@ class LossPlateau(GrowthStrategy):
     max_network_size: int | None = None
 
     def __post_init__(self):
-        _check_nonneg("patience", self.patience, positive=True)
-        _check_nonneg("cooldown", self.cooldown)
-        _check_nonneg("min_delta", self.min_delta)
-        _check_nonneg("growth_ratio", self.growth_ratio)
-        _check_nonneg("min_units_per_growth", self.min_units_per_growth)
-        _check_nonneg("max_units_per_growth", self.max_units_per_growth, positive=True)
+        check_nonneg("patience", self.patience, positive=True)
+        check_nonneg("cooldown", self.cooldown)
+        check_nonneg("min_delta", self.min_delta)
+        check_nonneg("growth_ratio", self.growth_ratio)
+        check_nonneg("min_units_per_growth", self.min_units_per_growth)
+        check_nonneg("max_units_per_growth", self.max_units_per_growth, positive=True)
         if self.max_network_size is not None:
-            _check_nonneg("max_network_size", self.max_network_size, positive=True)
+            check_nonneg("max_network_size", self.max_network_size, positive=True)
 
     def init_state(self) -> State:
         return {"best": None, "wait": 0, "cooldown": 0, "growths": 0}
 
     def observe(self, metrics: Metrics, state: State, epoch: int) -> State:
-        value = _finite(metrics, self.monitor)
+        value = finite_metric(metrics, self.monitor)
         s = dict(state)
         cooling = s["cooldown"] > 0
         if cooling:
@@ -96,8 +96,8 @@ class LossPlateau(GrowthStrategy):
         return s
 
     def should_grow(self, metrics: Metrics, state: State, epoch: int) -> tuple[bool, str]:
-        widths = _widths(metrics)
-        _check_cap(self.max_network_size, widths)
+        widths = metric_widths(metrics)
+        check_cap(self.max_network_size, widths)
         if state["wait"] < self.patience:
             return (
                 False,
@@ -113,7 +113,7 @@ class LossPlateau(GrowthStrategy):
 
     def growth_action(self, metrics: Metrics, state: State) -> list[GrowthAction]:
         return width_actions(
-            _widths(metrics),
+            metric_widths(metrics),
             self.layers,
             self.growth_ratio,
             self.min_units_per_growth,
@@ -150,19 +150,19 @@ class GradientMagnitude(GrowthStrategy):
     max_network_size: int | None = None
 
     def __post_init__(self):
-        _check_nonneg("threshold", self.threshold, positive=True)
-        _check_nonneg("patience", self.patience, positive=True)
-        _check_nonneg("cooldown", self.cooldown)
-        _check_nonneg("growth_ratio", self.growth_ratio)
-        _check_nonneg("max_units_per_growth", self.max_units_per_growth, positive=True)
+        check_nonneg("threshold", self.threshold, positive=True)
+        check_nonneg("patience", self.patience, positive=True)
+        check_nonneg("cooldown", self.cooldown)
+        check_nonneg("growth_ratio", self.growth_ratio)
+        check_nonneg("max_units_per_growth", self.max_units_per_growth, positive=True)
         if self.max_network_size is not None:
-            _check_nonneg("max_network_size", self.max_network_size, positive=True)
+            check_nonneg("max_network_size", self.max_network_size, positive=True)
 
     def init_state(self) -> State:
         return {"wait": 0, "cooldown": 0, "growths": 0}
 
     def observe(self, metrics: Metrics, state: State, epoch: int) -> State:
-        value = _finite(metrics, self.monitor)
+        value = finite_metric(metrics, self.monitor)
         s = dict(state)
         cooling = s["cooldown"] > 0
         if cooling:
@@ -175,15 +175,15 @@ class GradientMagnitude(GrowthStrategy):
         return s
 
     def should_grow(self, metrics: Metrics, state: State, epoch: int) -> tuple[bool, str]:
-        widths = _widths(metrics)
-        _check_cap(self.max_network_size, widths)
+        widths = metric_widths(metrics)
+        check_cap(self.max_network_size, widths)
         if state["wait"] < self.patience:
             return (
                 False,
                 "gradient above threshold or patience not exhausted "
                 f"({state['wait']}/{self.patience})",
             )
-        if self.min_loss is not None and _finite(metrics, "loss") <= self.min_loss:
+        if self.min_loss is not None and finite_metric(metrics, "loss") <= self.min_loss:
             return False, f"small gradient, but loss <= min_loss={self.min_loss:g}"
         if self.max_network_size is not None and sum(widths) >= self.max_network_size:
             return (
@@ -195,7 +195,7 @@ class GradientMagnitude(GrowthStrategy):
         )
 
     def growth_action(self, metrics: Metrics, state: State) -> list[GrowthAction]:
-        widths = _widths(metrics)
+        widths = metric_widths(metrics)
         layers = None
         if not self.grow_all_layers and "layer_grad_norms" in metrics:
             norms = [float(v) for v in metrics["layer_grad_norms"]]
@@ -233,10 +233,10 @@ class Adaptive(GrowthStrategy):
 
     def __post_init__(self):
         if self.max_network_size is not None:
-            _check_nonneg("max_network_size", self.max_network_size, positive=True)
+            check_nonneg("max_network_size", self.max_network_size, positive=True)
         if self.depth_every is not None:
-            _check_nonneg("depth_every", self.depth_every, positive=True)
-        _check_nonneg("max_layers", self.max_layers, positive=True)
+            check_nonneg("depth_every", self.depth_every, positive=True)
+        check_nonneg("max_layers", self.max_layers, positive=True)
 
     def init_state(self) -> State:
         return {
@@ -260,8 +260,8 @@ class Adaptive(GrowthStrategy):
         return None, None, ""
 
     def should_grow(self, metrics: Metrics, state: State, epoch: int) -> tuple[bool, str]:
-        widths = _widths(metrics)
-        _check_cap(self.max_network_size, widths)
+        widths = metric_widths(metrics)
+        check_cap(self.max_network_size, widths)
         name, _, reason = self._fired(metrics, state, epoch)
         if name is None:
             return False, "neither loss plateau nor small gradient"
@@ -273,7 +273,7 @@ class Adaptive(GrowthStrategy):
         return True, f"adaptive ({name}): {reason}"
 
     def growth_action(self, metrics: Metrics, state: State) -> list[GrowthAction]:
-        widths = _widths(metrics)
+        widths = metric_widths(metrics)
         growths = int(state["growths"])
         depth_due = (
             self.depth_every is not None

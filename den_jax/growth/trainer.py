@@ -26,13 +26,15 @@ import numpy as np
 
 from den_jax.align import grow_opt_state
 from den_jax.capacity import count_params
+from den_jax.growth.checkpointing import save_checkpoint
 from den_jax.growth.epoch import (
     TrainerConfig,
     TrainState,
-    _batches,
-    _epoch_fn,
     check_data,
+    check_loss_fn,
     default_loss,
+    epoch_batches,
+    epoch_fn,
     make_optimizer,
 )
 from den_jax.growth.history import GrowthEvent
@@ -40,6 +42,7 @@ from den_jax.growth.ops import apply_action
 from den_jax.growth.protocol import GrowthStrategy, decide
 from den_jax.growth.strategies import LossPlateau
 from den_jax.network import ExpandableNet, add_task, apply, init_network, resolve_task
+from den_jax.training import as_arrays
 
 _log = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ def init_state(
 
     Args:
       config: the trainer config.
-      key: PRNG key (raw ``uint32[2]``, e.g. ``jax.random.PRNGKey(0)``).
+      key: PRNG key (raw ``jax.random.PRNGKey(0)`` or typed ``jax.random.key(0)``).
       input_dim: input width ``d_in``.
       output_dim: number of classes, or of regression targets.
       hidden_widths: initial hidden widths.
@@ -134,7 +137,9 @@ def train(
     Args:
       state: from :func:`init_state`, :func:`restore` or an earlier call.
       config: the trainer config.
-      x: inputs ``[N, d_in]``; y: labels ``[N]`` or targets ``[N]``/``[N, d_out]``.
+      x: inputs ``[N, d_in]``, or (with ``y=None``) an iterable of ``(x_batch, y_batch)``
+        pairs (:func:`den_jax.training.as_arrays`).
+      y: labels ``[N]`` or targets ``[N]``/``[N, d_out]``; ``None`` when ``x`` holds both.
       epochs: number of epochs, >= 0.
       strategy: a :class:`~den_jax.growth.strategies.GrowthStrategy`; default
         :class:`~den_jax.growth.strategies.LossPlateau` when ``enable_growth``.
@@ -147,24 +152,31 @@ def train(
     Returns:
       The new state. If an epoch's loss is non-finite and ``config.nan_policy == "stop"``,
       the state from before that epoch is returned with ``history.stopped`` set.
-    """
-    from den_jax.growth.checkpointing import save_checkpoint  # noqa: PLC0415 (import cycle)
 
+    Raises:
+      ValueError: bad data, or a ``config.loss_fn`` that does not return a scalar for
+        outputs ``[B, d_out]`` and the targets (:func:`~den_jax.growth.epoch.check_loss_fn`).
+      FloatingPointError: a non-finite loss with ``nan_policy="raise"`` (names the epoch).
+    """
     if not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+    if y is None:
+        x, y = as_arrays(x, f"training data of task {state.task!r}")
     x, y = check_data(config, state.net, state.task, x, y)
+    check_loss_fn(config, state.net, state.task, x, y)
     if validation is not None:
-        validation = check_data(config, state.net, state.task, *validation)
+        xv, yv = as_arrays(validation, f"validation data of task {state.task!r}")
+        validation = check_data(config, state.net, state.task, xv, yv)
     if enable_growth:
         strategy = strategy if strategy is not None else LossPlateau()
         if not isinstance(strategy, GrowthStrategy):
             raise ValueError(f"strategy must be a GrowthStrategy, got {type(strategy).__name__}")
         if state.strategy_state is None:
             state = dataclasses.replace(state, strategy_state=strategy.init_state())
-    run_epoch = _epoch_fn(config, state.task)
+    run_epoch = epoch_fn(config, state.task)
     for _ in range(int(epochs)):
         epoch = state.epoch
-        xb, yb, steps = _batches(config, epoch, x, y)
+        xb, yb, steps = epoch_batches(config, epoch, x, y)
         net, opt_state, loss, gnorm, lnorms = run_epoch(
             state.net, state.opt_state, jax.random.fold_in(state.key, epoch), xb, yb
         )
@@ -231,10 +243,12 @@ def predict(state: TrainState, config: TrainerConfig, x, task: str | None = None
 
 
 def evaluate(
-    state: TrainState, config: TrainerConfig, x, y, task: str | None = None
+    state: TrainState, config: TrainerConfig, x, y=None, task: str | None = None
 ) -> dict[str, float]:
     """Loss and metrics on ``(x, y)``: ``accuracy`` or ``mse``/``mae``/``r2``."""
     task = task or state.task
+    if y is None:
+        x, y = as_arrays(x, f"evaluation data of task {task!r}")
     x, y = check_data(config, state.net, task, x, y)
     out = outputs(state, x, task)
     loss_fn = config.loss_fn or default_loss(config.problem)
@@ -280,6 +294,8 @@ def continual_learning(
       output_dim: the new task's output width.
       **train_kwargs: passed to :func:`train` (``strategy``, ``enable_growth``, ...).
     """
+    if new_y is None:
+        new_x, new_y = as_arrays(new_x, f"new data of task {new_task or state.task!r}")
     if new_task is not None:
         new_x_arr, new_y_arr = np.asarray(new_x), np.asarray(new_y)
         if output_dim is None:
