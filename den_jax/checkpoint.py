@@ -59,6 +59,7 @@ __all__ = [
     "completed_steps",
     "latest_step",
     "latest_verified_step",
+    "move_aside_step",
     "read_json",
     "restore_meta",
     "restore_step",
@@ -106,7 +107,8 @@ def _manager(directory: str, *, max_to_keep: int | None = None, write: bool = Fa
     return ocp.CheckpointManager(directory, options=options, item_names=(ARRAYS, META))
 
 
-def _move_aside(directory: str, step: int, reason: str) -> None:
+def move_aside_step(directory: str, step: int, reason: str) -> None:
+    """Moves a step out of ``directory`` into ``<directory>.unusable/`` (kept, never reused)."""
     aside = directory.rstrip(os.sep) + ".unusable"
     os.makedirs(aside, exist_ok=True)
     dest = os.path.join(aside, f"{step}.{time.time_ns()}")
@@ -148,7 +150,7 @@ def save_step(
         try:
             verify_step(directory, step)
         except CorruptCheckpointError as err:
-            _move_aside(directory, step, f"does not verify: {err}")
+            move_aside_step(directory, step, f"does not verify: {err}")
         else:
             raise ValueError(
                 f"step {step} already exists in {directory!r}; completed steps are immutable"

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -25,7 +23,6 @@ __all__ = [
     "abstract_tree",
     "describe_tree",
     "jsonable",
-    "move_aside_steps",
     "open_run_folder",
     "report_summary",
 ]
@@ -94,19 +91,6 @@ def abstract_tree(desc: Any) -> Any:
     if "list" in desc:
         return [abstract_tree(v) for v in desc["list"]]
     return jax.ShapeDtypeStruct(tuple(desc["shape"]), np.dtype(desc["dtype"]))
-
-
-def move_aside_steps(ckpt_dir: str, steps: Sequence[int]) -> None:
-    """Moves unusable steps out of the checkpoint root (kept for inspection, never reused)."""
-    if not steps:
-        return
-    aside = ckpt_dir.rstrip(os.sep) + ".unusable"
-    os.makedirs(aside, exist_ok=True)
-    for s in steps:
-        src = os.path.join(ckpt_dir, str(s))
-        if os.path.exists(src):
-            shutil.move(src, os.path.join(aside, f"{s}.{time.time_ns()}"))
-    _log.warning("moved checkpoint steps %s of %s to %s", list(steps), ckpt_dir, aside)
 
 
 def open_run_folder(out: str, run_info: Mapping[str, Any], *, resume: bool) -> dict:

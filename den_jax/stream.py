@@ -40,7 +40,7 @@ from den_jax.data.tasks import Task, TaskInfo, TaskStream
 from den_jax.den import learn_task as den_learn_task
 from den_jax.network import ExpandableNet, add_task, apply, init_network
 from den_jax.network_io import load_network, save_network
-from den_jax.runs import abstract_tree, describe_tree, jsonable, move_aside_steps, report_summary
+from den_jax.runs import abstract_tree, describe_tree, jsonable, report_summary
 from den_jax.training import apply_in_batches
 
 __all__ = [
@@ -221,7 +221,9 @@ def run_stream(
         )
     if done:
         good = checkpoint.latest_verified_step(checkpoint_dir)
-        move_aside_steps(checkpoint_dir, [s for s in done if good is None or s > good])
+        for s in done:
+            if good is None or s > good:
+                checkpoint.move_aside_step(checkpoint_dir, s, "newer than the last good step")
     else:
         good = None
     if good is not None:
