@@ -12,6 +12,7 @@ from den_jax.network import ExpandableNet, resolve_task, task_params, task_width
 __all__ = [
     "capacity_report",
     "count_active_units",
+    "count_nonzero_params",
     "count_params",
     "count_stored_params",
     "index_map",
@@ -80,6 +81,18 @@ def count_params(net: ExpandableNet, task: int | str | None = None) -> int:
             total += spec.input_dim * n[0]
         total += n[-1] * spec.output_dim + spec.output_dim
     return int(total)
+
+
+def count_nonzero_params(net: ExpandableNet, task: int | str | None = None) -> int:
+    """Number of non-zero entries among the parameters :func:`count_params` counts.
+
+    Args:
+      net: the network.
+      task: ``None``: every stored entry (exact zeros are free capacity, as DEN counts a
+        sparse network); a task: the entries of its own forward pass.
+    """
+    tree = net.params if task is None else task_params(net, task)
+    return int(sum(np.count_nonzero(np.asarray(x)) for x in jax.tree.leaves(tree)))
 
 
 def count_stored_params(net: ExpandableNet) -> int:

@@ -5,6 +5,7 @@ Continual learning (plain Python / NumPy data as stored in ``results.json``):
 * :func:`plot_accuracy_matrices`: heatmaps of ``R[i][j]``, one per method.
 * :func:`plot_task_curves`: per-task accuracy as later tasks are learned.
 * :func:`plot_network_size`: network size after each task.
+* :func:`plot_accuracy_vs_params`: average accuracy against parameters after each task.
 
 A growing network (a :class:`den_jax.growth.History`, read through its ``epochs`` and
 ``events`` attributes, so this module does not import :mod:`den_jax.growth`):
@@ -28,6 +29,7 @@ import numpy as np
 
 __all__ = [
     "plot_accuracy_matrices",
+    "plot_accuracy_vs_params",
     "plot_architecture",
     "plot_history",
     "plot_layer_importance",
@@ -227,3 +229,41 @@ def plot_layer_importance(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# ------------------------------------------------------------------ architecture methods
+
+
+def plot_accuracy_vs_params(
+    results: Mapping[str, Mapping[str, Any]],
+    path: str,
+    *,
+    title: str = "average accuracy against parameters",
+) -> str:
+    """Average accuracy over the tasks seen against parameters, after each task, per method.
+
+    Args:
+      results: method name -> run result (``accuracy_matrix``, ``params_after_task``).
+      path: PNG file to write.
+      title: the axes' title.
+
+    Returns:
+      ``path``. One line per method; its points are the tasks (1, 2, ... annotated).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for method, res in results.items():
+        r = _matrix(res["accuracy_matrix"])
+        params = np.asarray(res["params_after_task"], dtype=np.float64)
+        avg = [np.nanmean(r[i, : i + 1]) for i in range(r.shape[0])]
+        (line,) = ax.plot(params, avg, marker="o", ms=3, label=method)
+        for i in (0, len(avg) - 1):
+            ax.annotate(str(i + 1), (params[i], avg[i]), fontsize=6, color=line.get_color(),
+                        xytext=(2, 2), textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters after the task")
+    ax.set_ylabel("average accuracy over tasks seen")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -35,9 +35,17 @@ import numpy as np
 
 from den_jax import checkpoint, metrics
 from den_jax.baselines import BASELINES, Method
-from den_jax.capacity import count_active_units, count_params
+from den_jax.baselines.packnet import (
+    packnet_count,
+    packnet_learn_task,
+    packnet_predict,
+    packnet_task_network,
+)
+from den_jax.baselines.pnn import pnn_count, pnn_learn_task, pnn_predict
+from den_jax.capacity import count_active_units, count_nonzero_params, count_params
 from den_jax.data.tasks import Task, TaskInfo, TaskStream
 from den_jax.den import learn_task as den_learn_task
+from den_jax.den.ablations import ABLATIONS
 from den_jax.network import ExpandableNet, add_task, apply, init_network
 from den_jax.network_io import load_network, save_network
 from den_jax.runs import abstract_tree, describe_tree, jsonable, report_summary
@@ -48,6 +56,7 @@ __all__ = [
     "TaskEnd",
     "evaluate_task",
     "get_method",
+    "load_predictor",
     "load_task",
     "run_stream",
     "stl_reference_params",
@@ -56,7 +65,20 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-METHODS: Mapping[str, Method] = {"den": Method("den", den_learn_task), **BASELINES}
+METHODS: Mapping[str, Method] = {
+    "den": Method("den", den_learn_task, uses_den_config=True),
+    **BASELINES,
+    "pnn": Method("pnn", pnn_learn_task, stateful=True, predict=pnn_predict, count=pnn_count),
+    "packnet": Method(
+        "packnet",
+        packnet_learn_task,
+        stateful=True,
+        predict=packnet_predict,
+        count=packnet_count,
+        task_network=packnet_task_network,
+    ),
+    **ABLATIONS,
+}
 EVAL_SPLITS = ("test", "valid")
 
 
@@ -112,11 +134,55 @@ def to_stream(tasks: TaskStream | Sequence[Task], name: str = "custom") -> TaskS
     return TaskStream(name, infos, lambda i: tasks[i], dims.pop() if len(dims) == 1 else None)
 
 
-def evaluate_task(net: ExpandableNet, task: str, x, y, *, batch_size: int = 2048):
-    """``(accuracy, mean one-vs-rest AUROC)`` of ``task`` on ``(x, y)``."""
-    fwd = jax.jit(apply, static_argnums=2)
-    logits = np.asarray(apply_in_batches(lambda xb: fwd(net, xb, task), x, batch_size=batch_size))
+def evaluate_task(
+    net: ExpandableNet,
+    task: str,
+    x,
+    y,
+    *,
+    batch_size: int = 2048,
+    predict: Callable | None = None,
+    state: Any = None,
+):
+    """``(accuracy, mean one-vs-rest AUROC)`` of ``task`` on ``(x, y)``.
+
+    Args:
+      net: the network.
+      task: the task's name.
+      x: inputs ``[N, d]``.
+      y: integer labels ``[N]``.
+      batch_size: rows per forward pass.
+      predict: ``(net, state, x, task) -> logits`` (a :class:`Method`'s ``predict``);
+        ``None``: ``dj.apply(net, x, task)``.
+      state: passed to ``predict``.
+    """
+    if predict is None:
+        fwd = jax.jit(apply, static_argnums=2)
+        run = lambda xb: fwd(net, xb, task)
+    else:
+        fwd = jax.jit(predict, static_argnums=3)
+        run = lambda xb: fwd(net, state, xb, task)
+    logits = np.asarray(apply_in_batches(run, x, batch_size=batch_size))
     return metrics.accuracy(logits, y), metrics.mean_auroc(logits, y)
+
+
+def _sizes(m: Method, nets: Mapping[str, ExpandableNet], state: Any, depth: int) -> dict:
+    if m.separate_networks:
+        return {
+            "params": sum(count_params(n) for n in nets.values()),
+            "nonzero_params": sum(count_nonzero_params(n) for n in nets.values()),
+            "units": [sum(n.widths[layer] for n in nets.values()) for layer in range(depth)],
+        }
+    net = nets["net"]
+    if m.count is not None:
+        c = m.count(net, state)
+        return {"params": int(c["params"]), "nonzero_params": int(c["nonzero"]),
+                "units": [int(w) for w in c.get("units", net.widths)]}  # fmt: skip
+    return {
+        "params": count_params(net),
+        "nonzero_params": count_nonzero_params(net),
+        "units": [int(w) for w in net.widths],
+    }
 
 
 def stl_reference_params(stream: TaskStream, hidden: Sequence[int]) -> int:
@@ -262,6 +328,10 @@ def run_stream(
             metadata=dict(task.metadata),
         )
         kwargs = {"state": state} if m.stateful else {}
+        if m.needs_history:
+            kwargs["history"] = [
+                (stream.names[j], (stream[j].x_train, stream[j].y_train)) for j in range(i)
+            ]
         if loss is not None:
             kwargs["loss"] = loss
         if optimizer is not None:
@@ -282,15 +352,14 @@ def run_stream(
         for j in range(i + 1):
             model = nets[stream.names[j]] if m.separate_networks else net
             x, y = _eval_data(stream, j, task if j == i else None, eval_split)
-            acc[i][j], auc[i][j] = evaluate_task(model, stream.names[j], x, y)
-        if m.separate_networks:
-            params = sum(count_params(n) for n in nets.values())
-            units = [sum(n.widths[layer] for n in nets.values()) for layer in range(len(hidden))]
-        else:
-            params, units = count_params(net), [int(w) for w in net.widths]
+            acc[i][j], auc[i][j] = evaluate_task(
+                model, stream.names[j], x, y, predict=m.predict, state=state
+            )
+        size = _sizes(m, nets, state, len(hidden))
+        params, units = size["params"], size["units"]
         summary = {**report_summary(report), "task": task.name, "seconds": time.time() - t0}
         reports.append({"summary": summary, "report": jsonable(report)})
-        sizes.append({"params": int(params), "units": units})
+        sizes.append(size)
         if checkpoint_dir:
             save_network(
                 checkpoint_dir,
@@ -318,14 +387,18 @@ def run_stream(
         end = TaskEnd(m.name, i, task.name, summary, list(acc[i][: i + 1]), int(params), units, net)
         for cb in callbacks:
             cb(end)
-    return _results(stream, acc, auc, reports, sizes, nets, m, hidden)
+    return _results(stream, acc, auc, reports, sizes, nets, m, hidden, state)
 
 
-def _results(stream, acc, auc, reports, sizes, nets, m: Method, hidden) -> dict:
+def _results(stream, acc, auc, reports, sizes, nets, m: Method, hidden, state=None) -> dict:
     T = len(stream)
     if m.separate_networks:
         per_task = {n: count_params(nets[n]) for n in stream.names}
         units_per_task = {n: count_active_units(nets[n]) for n in stream.names}
+    elif m.count is not None:
+        counts = {n: m.count(nets["net"], state, task=n) for n in stream.names}
+        per_task = {n: int(c["params"]) for n, c in counts.items()}
+        units_per_task = {n: [int(u) for u in c["units"]] for n, c in counts.items()}
     else:
         net = nets["net"]
         per_task = {n: count_params(net, n) for n in stream.names}
@@ -346,6 +419,8 @@ def _results(stream, acc, auc, reports, sizes, nets, m: Method, hidden) -> dict:
             "units": sizes[-1]["units"],
             "units_per_task": units_per_task,
             "params_after_task": [s["params"] for s in sizes],
+            "nonzero_params": int(sizes[-1].get("nonzero_params", total)),
+            "nonzero_params_after_task": [s.get("nonzero_params") for s in sizes],
             "units_after_task": [s["units"] for s in sizes],
             "capacity_vs_stl": metrics.capacity_ratio(total, stl),
             "stl_params": stl,
@@ -355,19 +430,8 @@ def _results(stream, acc, auc, reports, sizes, nets, m: Method, hidden) -> dict:
     )
 
 
-def load_task(checkpoint_dir: str, task: int | str, *, step: int | None = None):
-    """Loads the network that predicts ``task`` from :func:`run_stream`'s checkpoints.
-
-    Args:
-      checkpoint_dir: the ``checkpoint_dir`` given to :func:`run_stream`.
-      task: task index or name.
-      step: checkpoint step (task index) to load; default the newest that verifies (for
-        separate-network methods: the task's own step).
-
-    Returns:
-      ``(net, task_name)``: predict with ``dj.apply(net, x, task_name)``; timestamped
-      inference makes the newest network give every earlier task its own outputs.
-    """
+def _load(checkpoint_dir: str, task: int | str, step: int | None):
+    """``(net, state, task_name, method_name)`` of ``task`` from ``checkpoint_dir``."""
     steps = checkpoint.completed_steps(checkpoint_dir)
     if not steps:
         raise ValueError(f"no checkpoints in {checkpoint_dir!r}")
@@ -381,12 +445,73 @@ def load_task(checkpoint_dir: str, task: int | str, *, step: int | None = None):
             meta = checkpoint.restore_meta(checkpoint_dir, s)["network"]
             if task in (s, meta["tasks"][0]["name"]):
                 net, _, _ = load_network(checkpoint_dir, s, extra_abstract=None)
-                return net, net.task_names[0]
+                return net, None, net.task_names[0], info["method"]
         raise ValueError(f"unknown task {task!r} in {checkpoint_dir!r}")
     desc = info["state"]
-    net, _, _ = load_network(
+    net, state, _ = load_network(
         checkpoint_dir, last, extra_abstract=None if desc is None else abstract_tree(desc)
     )
+    state = None if desc is None else jax.tree.map(jnp.asarray, state)
     if isinstance(task, str) and task not in net.task_names:
         raise ValueError(f"unknown task {task!r}; the checkpoint has tasks {list(net.task_names)}")
-    return net, net.task(task).name
+    return net, state, net.task(task).name, info["method"]
+
+
+def load_task(
+    checkpoint_dir: str, task: int | str, *, step: int | None = None, with_state: bool = False
+):
+    """Loads the network that predicts ``task`` from :func:`run_stream`'s checkpoints.
+
+    Args:
+      checkpoint_dir: the ``checkpoint_dir`` given to :func:`run_stream`.
+      task: task index or name.
+      step: checkpoint step (task index) to load; default the newest that verifies (for
+        separate-network methods: the task's own step).
+      with_state: also return the method's saved state (PNN's columns, PackNet's owners).
+
+    Returns:
+      ``(net, task_name)``: predict with ``dj.apply(net, x, task_name)``; timestamped
+      inference makes the newest network give every earlier task its own outputs. For
+      PackNet, ``net`` keeps only the weights owned by tasks ``<= task``. With
+      ``with_state``: ``(net, state, task_name)`` as saved (predict with the method's
+      ``predict(net, state, x, task_name)``).
+
+    Raises:
+      ValueError: no usable checkpoint, an unknown task, or (without ``with_state``) a
+        method whose model is not one network (PNN): use :func:`load_predictor`.
+    """
+    net, state, name, method = _load(checkpoint_dir, task, step)
+    if with_state:
+        return net, state, name
+    m = METHODS.get(method)
+    if m is not None and m.task_network is not None:
+        return m.task_network(net, state, name), name
+    if m is not None and m.predict is not None:
+        raise ValueError(
+            f"method {method!r} does not predict with dj.apply(net, ...) alone; use "
+            "stream.load_predictor(checkpoint_dir, task) or load_task(..., with_state=True)"
+        )
+    return net, name
+
+
+def load_predictor(
+    checkpoint_dir: str, task: int | str, *, step: int | None = None
+) -> Callable[[Any], jax.Array]:
+    """A jitted ``x -> logits`` of ``task`` from :func:`run_stream`'s checkpoints, any method.
+
+    Args:
+      checkpoint_dir: the ``checkpoint_dir`` given to :func:`run_stream`.
+      task: task index or name.
+      step: checkpoint step to load (default: the newest that verifies).
+
+    Returns:
+      A function of inputs ``[N, d]`` returning the logits the method gives ``task``
+      (its ``predict`` hook with the saved state, else ``dj.apply``).
+    """
+    net, state, name, method = _load(checkpoint_dir, task, step)
+    m = METHODS.get(method)
+    if m is None or m.predict is None:
+        fwd = jax.jit(apply, static_argnums=2)
+        return lambda x: fwd(net, jnp.asarray(x), name)
+    fwd = jax.jit(m.predict, static_argnums=3)
+    return lambda x: fwd(net, state, jnp.asarray(x), name)

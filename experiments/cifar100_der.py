@@ -32,7 +32,8 @@ _FIELDS = (
     "dataset method first_epochs later_epochs first_milestones later_milestones first_wd "
     "later_wd batch_size memory memory_per_class bias_correction ft_epochs prune "
     "prune_lambda s_max aux_weight init_classes increment num_classes base_width "
-    "order_seed seed train_per_class test_per_class compute_dtype epoch_loop"
+    "order_seed seed train_per_class test_per_class compute_dtype epoch_loop "
+    "mask_grad_scale mask_init val_per_class"
 ).split()
 
 
@@ -69,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--prune", action="store_true", default=None, help="channel-mask pruning")
     add("--prune-lambda", type=float, help="lambda_s of the sparsity loss")
     add("--s-max", type=float)
+    add("--mask-grad-scale", type=float, help="embedding gradient factor (HAT: s_max)")
+    add("--mask-init", type=float, help="initial mask embedding e")
+    add(
+        "--val-per-class",
+        type=int,
+        help="hold out this many training images per class and evaluate on them (tuning)",
+    )
     add("--aux-weight", type=float, help="lambda_a (0 at the first step anyway)")
     add("--init-classes", type=int)
     add("--increment", type=int)
@@ -143,6 +151,25 @@ def save_plots(results: dict, out: str) -> None:
     plt.close(fig)
 
 
+def validation_split(train, per_class: int, seed: int):
+    """Holds out ``per_class`` training images of every class: ``(train', validation)``.
+
+    The test split is never touched; the held-out images are drawn with
+    ``default_rng([seed, 7])`` and removed from the training set.
+    """
+    x, y = np.asarray(train[0]), np.asarray(train[1])
+    rng = np.random.default_rng([seed, 7])
+    val = np.zeros(len(y), bool)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        if len(idx) <= per_class:
+            raise ValueError(
+                f"class {c} has {len(idx)} training images, cannot hold out {per_class}"
+            )
+        val[rng.choice(idx, per_class, replace=False)] = True
+    return (x[~val], y[~val]), (x[val], y[val])
+
+
 def run(cfg: config.DERConfig, a: argparse.Namespace) -> dict:
     """Loads the data and runs (or resumes) the protocol; plots after every step."""
     tr, te, mean, std = images.load_data(
@@ -152,6 +179,8 @@ def run(cfg: config.DERConfig, a: argparse.Namespace) -> dict:
         num_classes=cfg.num_classes,
         synthetic_per_class=cfg.train_per_class or 24,
     )
+    if cfg.val_per_class is not None:
+        tr, te = validation_split(tr, cfg.val_per_class, cfg.seed)
     data = protocol.make_stream(cfg, tr, te, mean=mean, std=std)
 
     def on_step(t: int, results: dict) -> None:
@@ -180,7 +209,7 @@ def main(argv=None) -> None:
         with logging_redirect_tqdm():
             cfg, a = parse_args(argv)
             results = run(cfg, a)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, FloatingPointError) as e:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)

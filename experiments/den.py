@@ -27,7 +27,7 @@ import yaml
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from den_jax import checkpoint, plots, runs, stream
+from den_jax import checkpoint, comparison, plots, runs, stream
 from den_jax.baselines import BaselineConfig
 from den_jax.data.tasks import make_stream, stream_fingerprint
 from den_jax.den.config import DENConfig, config_from_dict
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> dict:
     results.setdefault("methods", {})
     results_path = os.path.join(args.out, "results.json")
     for name in methods:
-        cfg = den_cfg if name == "den" else base_cfg
+        cfg = den_cfg if stream.get_method(name).uses_den_config else base_cfg
         run_config = {**run_info, "method": name, "config": dataclasses.asdict(cfg)}
         for k in ("den_config", "baseline_config", "data_sha256"):
             run_config.pop(k)
@@ -167,6 +167,14 @@ def run(args: argparse.Namespace) -> dict:
         plots.plot_task_curves(mats, tasks.names, path("task_accuracy.png"))
         plots.plot_network_size({m: r["params_after_task"] for m, r in done.items()},
                                 path("network_size.png"))  # fmt: skip
+    # The architecture-methods table (growth, forgetting, forward transfer vs STL).
+    results["comparison"] = comparison.compare(results["methods"])
+    with open(os.path.join(args.out, "comparison.md"), "w", encoding="utf-8") as f:
+        f.write(comparison.markdown_table(results["comparison"], title=args.dataset))
+    checkpoint.write_json_atomic(results_path, results)
+    if not args.no_plots:
+        plots.plot_accuracy_vs_params(results["methods"], os.path.join(args.out,
+                                      "accuracy_vs_params.png"))  # fmt: skip
     return results
 
 

@@ -1,11 +1,15 @@
 """den_jax.data.checks: non-finite inputs, bad labels and unseen test classes are refused."""
 
+import io
 import logging
+import pickle
+import tarfile
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from den_jax.data import cifar100
 from den_jax.data.checks import check_finite, check_labels, check_split_classes, check_targets
 
 WHAT = "task 'mnist_3' train split"
@@ -74,3 +78,93 @@ def test_split_classes(caplog):
     with caplog.at_level(logging.WARNING):
         check_split_classes(np.array([0, 1, 2]), np.array([0, 1]), what="task 't'")
     assert "absent from the test split" in caplog.text
+
+
+# ----------------------------------------------------------------------------- CIFAR-100 files
+
+
+def _cifar_blob(n=4):
+    rng = np.random.default_rng(0)
+    return {
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"fine_labels": list(range(n)),
+    }
+
+
+def _write_archive(path, members):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, raw in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+
+
+def test_cifar100_reads_a_good_archive_and_folder(tmp_path):
+    raw = pickle.dumps(_cifar_blob())
+    _write_archive(tmp_path / cifar100.ARCHIVE, {"cifar-100-python/train": raw})
+    x, y = cifar100.load_cifar100(str(tmp_path), "train")
+    assert x.shape == (4, 32, 32, 3) and x.dtype == np.uint8 and y.tolist() == [0, 1, 2, 3]
+    (tmp_path / "cifar-100-python").mkdir()
+    (tmp_path / "cifar-100-python" / "test").write_bytes(raw)
+    x2, _ = cifar100.load_cifar100(str(tmp_path), "test")
+    np.testing.assert_array_equal(x, x2)
+
+
+def _damage(tmp_path, fault):
+    """Writes a damaged CIFAR-100 source; returns (split, file named, expected message)."""
+    archive = tmp_path / cifar100.ARCHIVE
+    good = pickle.dumps(_cifar_blob())
+    folder = tmp_path / "cifar-100-python"
+    if fault == "not_gzip":  # tarfile.ReadError
+        archive.write_bytes(b"this is not an archive" * 20)
+        return "train", archive, "expected a gzip-compressed tar archive"
+    if fault == "truncated_gzip":  # EOFError / ReadError inside the stream
+        _write_archive(archive, {"cifar-100-python/train": good})
+        raw = archive.read_bytes()
+        archive.write_bytes(raw[: len(raw) // 2])
+        return "train", archive, "cannot read"
+    if fault == "bad_gzip_crc":  # zlib.error / BadGzipFile in the deflate data
+        _write_archive(archive, {"cifar-100-python/train": good})
+        raw = bytearray(archive.read_bytes())
+        for i in range(20, min(60, len(raw) - 8)):
+            raw[i] ^= 0x5A
+        archive.write_bytes(bytes(raw))
+        return "train", archive, "cannot read"
+    if fault == "missing_member":  # KeyError from tarfile
+        _write_archive(archive, {"cifar-100-python/test": good})
+        return "train", archive, "expected a member 'cifar-100-python/train'"
+    folder.mkdir()
+    path = folder / "train"
+    if fault == "not_pickle":  # pickle.UnpicklingError
+        path.write_bytes(b"\x80\x05garbage that is no pickle")
+    elif fault == "truncated_pickle":  # EOFError
+        path.write_bytes(good[: len(good) // 2])
+    elif fault == "missing_key":  # KeyError for a key
+        path.write_bytes(pickle.dumps({b"data": _cifar_blob()[b"data"]}))
+        return "train", path, r"key\(s\) \['fine_labels'\] missing"
+    elif fault == "wrong_shape":  # ValueError from a reshape
+        blob = _cifar_blob()
+        blob[b"data"] = blob[b"data"][:, :1000]
+        path.write_bytes(pickle.dumps(blob))
+        return "train", path, r"expected 'data' uint8 \[N, 3072\], got uint8 \[4, 1000\]"
+    elif fault == "label_count":
+        blob = _cifar_blob()
+        blob[b"fine_labels"] = [0, 1]
+        path.write_bytes(pickle.dumps(blob))
+        return "train", path, r"'fine_labels' \[4\]"
+    elif fault == "not_a_dict":
+        path.write_bytes(pickle.dumps([1, 2, 3]))
+        return "train", path, "got a list"
+    return "train", path, "cannot read.*expected a CIFAR-100 python pickle"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["not_gzip", "truncated_gzip", "bad_gzip_crc", "missing_member", "not_pickle",
+     "truncated_pickle", "missing_key", "wrong_shape", "label_count", "not_a_dict"],
+)  # fmt: skip
+def test_cifar100_damaged_files_named(tmp_path, fault):
+    split, path, message = _damage(tmp_path, fault)
+    with pytest.raises(ValueError, match=message) as err:
+        cifar100.load_cifar100(str(tmp_path), split)
+    assert str(path) in str(err.value), str(err.value)

@@ -40,7 +40,7 @@ BAD_VALUES = [
     ("seed", -1, "integers >= 0"),
     ("eval_batch_size", 0, "integers >= 1"),
     ("loss", "mse", "softmax_ce"),
-    ("prox_scale", "sqrt", "'lr', 'none'"),
+    ("prox_scale", "sqrt", "'lr', 'none', 'adam'"),
     ("split_when", "sometimes", "after_expansion"),
     ("split_retrain", "old", "'all', 'new'"),
     ("opt_state_policy", "keep", "'reset', 'grow'"),

@@ -80,9 +80,11 @@ class SplitTest(chex.TestCase):
         np.testing.assert_array_equal(
             w[:, 0], np.asarray(cur.params["input_heads"]["shared"]["w"])[:, 0]
         )
-        # The copy's outgoing weights copy the original's.
+        # Outgoing weights into older units stay with the original (older tasks use them);
+        # the copy's entries there start at zero (no doubled contribution).
         h1 = np.asarray(out.params["hidden"][1]["w"])
-        np.testing.assert_array_equal(h1[3], h1[1])
+        np.testing.assert_array_equal(h1[1], np.asarray(cur.params["hidden"][1]["w"])[1])
+        np.testing.assert_array_equal(h1[3], 0.0)
         # Task a never sees the copy: its outputs only depend on the (restored) originals.
         x = jnp.ones((2, 2))
         restored = (

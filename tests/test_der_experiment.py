@@ -170,5 +170,21 @@ class MultiDeviceTest(chex.TestCase):
         self.assertGreaterEqual(agree, 0.95)
 
 
+class ValidationSplitTest(chex.TestCase):
+    def test_held_out_per_class_and_disjoint(self):
+        from experiments import cifar100_der
+
+        y = np.repeat(np.arange(3), 10)
+        x = np.arange(30)[:, None]
+        (xt, yt), (xv, yv) = cifar100_der.validation_split((x, y), 4, seed=0)
+        np.testing.assert_array_equal(np.bincount(yv), [4, 4, 4])
+        np.testing.assert_array_equal(np.bincount(yt), [6, 6, 6])
+        self.assertFalse(set(xt[:, 0]) & set(xv[:, 0]))
+        cfg, _ = cifar100_der.parse_args(["--synthetic", "--out", "/tmp/x", "--val-per-class", "2"])
+        self.assertEqual(cfg.val_per_class, 2)
+        with self.assertRaisesRegex(ValueError, "cannot hold out"):
+            cifar100_der.validation_split((x, y), 10, seed=0)
+
+
 if __name__ == "__main__":
     absltest.main()

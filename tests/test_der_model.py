@@ -227,9 +227,14 @@ class PruningTest(chex.TestCase):
         self.assertAlmostEqual(float(pruning.sparsity_loss(half, BW)), 0.5, places=6)
         self.assertAlmostEqual(pruning.anneal_s(0, 10, 400.0), 1 / 400)
         self.assertAlmostEqual(pruning.anneal_s(9, 10, 400.0), 400.0)
-        # Compensation at s = 1 is the identity.
+        # Compensation lives in the mask's VJP (sigma'(e) dL/dm); compensate_grads is the
+        # identity. At s = 1 the compensated gradient is the plain one.
         g = pruning.compensate_grads((jnp.ones(3),), (jnp.array([0.0, 1.0, -2.0]),), 1.0)
         np.testing.assert_allclose(g[0], 1.0, rtol=1e-5)
+        e = jnp.array([0.0, 1.0, -2.0])
+        auto = jax.grad(lambda v: jnp.sum(jax.nn.sigmoid(v)))(e)
+        comp = jax.grad(lambda v: jnp.sum(pruning.mask(v, 1.0)))(e)
+        np.testing.assert_allclose(comp, auto, rtol=1e-6)
 
     def test_pruned_training_then_expand(self):
         s0 = model.init_der_state(

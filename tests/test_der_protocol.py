@@ -1,7 +1,9 @@
 """DER protocol as library calls: config, learn_step from a user's script, save/restore, floats."""
 
 import json
+import shutil
 import tempfile
+from unittest import mock
 
 import chex
 import jax
@@ -11,7 +13,8 @@ import optax
 from absl.testing import absltest
 
 from den_jax.data import images
-from den_jax.der import augment, config, protocol
+from den_jax.der import augment, bias_correction, config, evaluate, protocol, train
+from den_jax.der import step as step_mod
 from den_jax.der.protocol import PRESETS, DERConfig, learn_step, make_stream
 from den_jax.der.step import step_key
 
@@ -161,7 +164,7 @@ class ConfigTest(chex.TestCase):
         self.assertEqual((PRESETS["b50_10"].init_classes, PRESETS["b50_10"].increment), (50, 10))
         smoke = PRESETS["smoke"]
         self.assertEqual((smoke.dataset, smoke.num_classes, smoke.base_width), ("synthetic", 6, 4))
-        self.assertEqual(sorted(PRESETS), ["b0_10", "b0_5", "b50_10", "seed", "smoke"])
+        self.assertEqual(sorted(PRESETS), ["b0_10", "b0_5", "b50_10", "notebook", "seed", "smoke"])
 
     def test_validation_names_the_field(self):
         with self.assertRaisesRegex(ValueError, "DERConfig.method"):
@@ -189,6 +192,199 @@ class ConfigTest(chex.TestCase):
         self.assertEqual(config.step_schedule(cfg, 1)["weight_decay"], cfg.later_wd)
         ft = cfg.replace(method="finetune")
         self.assertEqual(config.step_schedule(ft, 2)["aux_weight"], 0.0)
+
+
+def _leaves(tree):
+    return {
+        jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def _curves(results):
+    keys = ("top1_curve", "top5_curve", "nme_top1_curve", "nme_top5_curve", "acc_matrix")
+    return {k: results[k] for k in keys}
+
+
+class ResumeEqualsUninterruptedTest(chex.TestCase):
+    """A run killed after step 0 and resumed equals the uninterrupted run (smoke preset).
+
+    The killed run's folder is the uninterrupted run's folder as it stood when step 0 had
+    been checkpointed (copied from ``on_step``): exactly what a process killed then
+    leaves. The uninterrupted run also records the order of the calls inside step 1.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        tr, te = images.synthetic_data(num_classes=4, per_class=8, size=8, channels=3, seed=0)
+        cls.cfg = PRESETS["smoke"].replace(
+            **TINY, memory=8, train_per_class=None, epoch_loop="step", prune=True
+        )
+        cls.data = make_stream(cls.cfg, tr, te, mean=(0.5,) * 3, std=(0.25,) * 3)
+        root = tempfile.mkdtemp()
+        cls.full_dir, cls.killed_dir = f"{root}/full", f"{root}/killed"
+        cls.wrong_dir = f"{root}/wrong"
+
+        def on_step(t, results):
+            if t == 0:
+                shutil.copytree(cls.full_dir, cls.killed_dir)
+                shutil.copytree(cls.full_dir, cls.wrong_dir)
+
+        cls.calls = []
+        real_align, real_update, real_pool = (
+            step_mod.bias_correction.weight_align,
+            step_mod.memory.update_memory,
+            step_mod._pool,
+        )
+
+        def align(state):
+            cls.calls.append(("align", state.num_seen))
+            return real_align(state)
+
+        def update(mem, groups, feats_fn, quota):
+            cls.calls.append(("memory", sorted(groups)))
+            cls.memory_feats = feats_fn(np.arange(4))
+            return real_update(mem, groups, feats_fn, quota)
+
+        def pool(mem, data, cfg, lo, hi):
+            out = real_pool(mem, data, cfg, lo, hi)
+            cls.calls.append(("pool", lo, hi, {int(c): list(v) for c, v in mem.items()}, out))
+            return out
+
+        with (
+            mock.patch.object(step_mod.bias_correction, "weight_align", align),
+            mock.patch.object(step_mod.memory, "update_memory", update),
+            mock.patch.object(step_mod, "_pool", pool),
+        ):
+            cls.full = protocol.run_protocol(cls.cfg, cls.data, cls.full_dir, on_step=on_step)
+        cls.resumed = protocol.run_protocol(cls.cfg, cls.data, cls.killed_dir, resume=True)
+
+    def _final(self, d):
+        return protocol.restore_state(f"{d}/{protocol.CHECKPOINTS}", self.cfg)
+
+    def test_resumed_equals_uninterrupted(self):
+        self.assertEqual(_curves(self.resumed), _curves(self.full))
+        self.assertEqual(self.resumed["pycil_grouped"], self.full["pycil_grouped"])
+        s_full, m_full, _ = self._final(self.full_dir)
+        s_res, m_res, _ = self._final(self.killed_dir)
+        chex.assert_trees_all_equal(_leaves(s_res), _leaves(s_full))
+        self.assertEqual(sorted(m_res), sorted(m_full))
+        for c in m_full:
+            np.testing.assert_array_equal(m_res[c], m_full[c])
+
+    def test_resume_with_a_wrong_memory_differs(self):
+        # The comparison above can fail: resuming with another memory (each class's
+        # exemplars replaced by other images of the class) changes the final model.
+        real = protocol.restore_state
+
+        def wrong_restore(*a, **k):
+            state, mem, meta = real(*a, **k)
+            y = self.data.y_train
+            bad = {c: np.setdiff1d(np.flatnonzero(y == c), v)[: len(v)] for c, v in mem.items()}
+            return state, bad, meta
+
+        with mock.patch.object(protocol, "restore_state", wrong_restore):
+            protocol.run_protocol(self.cfg, self.data, self.wrong_dir, resume=True)
+        s_full, _, _ = self._final(self.full_dir)
+        s_bad, _, _ = self._final(self.wrong_dir)
+        a, b = _leaves(s_full), _leaves(s_bad)
+        self.assertTrue(any(not np.array_equal(a[k], b[k]) for k in a))
+
+    def test_step_order_pool_and_memory_from_final_model(self):
+        names = [c[0] for c in self.calls]
+        # step 0: pool, memory; step 1: pool, weight alignment, then memory.
+        self.assertEqual(names, ["pool", "memory", "pool", "align", "memory"])
+        _, lo, hi, mem_before, pool1 = self.calls[2]
+        new = np.flatnonzero((self.data.y_train >= lo) & (self.data.y_train < hi))
+        mem_idx = np.concatenate([np.asarray(v) for v in mem_before.values()])
+        self.assertEqual(sorted(pool1.tolist()), sorted(new.tolist() + mem_idx.tolist()))
+        self.assertLen(mem_idx, 8)
+        # The memory of step 1 was herded with the final (aligned) model.
+        state, _, _ = self._final(self.full_dir)
+        predict = evaluate.make_predict(self.data.mean, self.data.std)
+        want = evaluate.predict_all(predict, state, self.data.x_train[np.arange(4)])[1]
+        np.testing.assert_allclose(self.memory_feats, want, rtol=1e-5, atol=1e-6)
+
+    def test_results_carry_nme_pycil_and_pruning_figures(self):
+        r = self.full
+        for k in ("nme_top1_curve", "nme_top5_curve", "pycil_forgetting", "pycil_grouped"):
+            self.assertLen(r[k], 2)
+        self.assertEqual(r["pycil_grouped"][0]["old"], 0.0)
+        p = r["params"][-1]
+        for k in ("kept_channels", "backbone_params_before", "backbone_params_after", "flops"):
+            self.assertIn(k, p)
+        self.assertLessEqual(p["backbone_params_after"], p["backbone_params_before"])
+
+    def test_balanced_finetune_changes_only_the_classifier(self):
+        state, mem, _ = self._final(self.full_dir)
+        mesh = train.make_mesh()
+        x = train.replicate(jnp.asarray(self.data.x_train), mesh)
+        y = train.replicate(jnp.asarray(self.data.y_train), mesh)
+        pool = np.arange(len(self.data.y_train))
+        out = bias_correction.balanced_finetune(
+            state,
+            jax.random.key(3),
+            x,
+            y,
+            pool,
+            mean=self.data.mean,
+            std=self.data.std,
+            rng=np.random.default_rng(0),
+            epochs=1,
+            batch_size=8,
+        )
+        a, b = _leaves(state), _leaves(out)
+        changed = sorted(k for k in a if not np.array_equal(a[k], b[k]))
+        self.assertTrue(changed)
+        self.assertTrue(all(k.startswith(".fc") for k in changed), changed)
+
+
+class ScheduleAndAugmentTest(chex.TestCase):
+    def test_lr_schedule_equals_pycil_milestones(self):
+        # PyCIL: MultiStepLR(milestones=[60, 120, 170], gamma=0.1), stepped once per epoch.
+        spe = 2
+        tx = train.make_optimizer(
+            lr=0.1, milestones=[60, 120, 170], steps_per_epoch=spe, weight_decay=0.0, momentum=0.0
+        )
+        p = jnp.zeros(())
+        st = tx.init(p)
+        lrs = []
+        for _ in range(200 * spe):
+            u, st = tx.update(jnp.ones(()), st, p)
+            lrs.append(-float(u))
+        want = [0.1 * 0.1 ** sum(e >= m for m in (60, 120, 170)) for e in range(200)]
+        np.testing.assert_allclose(lrs[::spe], want, rtol=1e-6)
+        np.testing.assert_allclose(lrs[1::spe], want, rtol=1e-6)
+        cfg = PRESETS["b0_10"]
+        self.assertEqual(config.step_schedule(cfg, 0)["milestones"], [60, 120, 170])
+        self.assertEqual(config.step_schedule(cfg, 1)["milestones"], [80, 120, 150])
+
+    def test_augmentation_statistics(self):
+        n, pad = 4000, 4
+        key = jax.random.key(0)
+        mean, std = (0.0,), (1.0,)
+        white = jnp.full((n, 8, 8, 1), 255, jnp.uint8)
+        crop = np.asarray(augment.augment(key, white, mean, std, flip=False, brightness=0.0))
+        zero_rows = crop[..., 0].max(axis=2) == 0  # [n, 8]
+        top = np.argmin(zero_rows, axis=1)  # leading zero rows
+        bottom = np.argmin(zero_rows[:, ::-1], axis=1)
+        dy = bottom - top  # crop offset - pad, in [-4, 4]
+        counts = np.bincount(dy + pad, minlength=2 * pad + 1)
+        self.assertEqual(len(counts), 2 * pad + 1)
+        np.testing.assert_allclose(counts / n, 1 / 9, atol=0.025)  # uniform offsets
+        half = np.zeros((n, 8, 8, 1), np.uint8)
+        half[:, :, 4:] = 255
+        fl = np.asarray(augment.augment(key, jnp.asarray(half), mean, std, pad=0, brightness=0.0))
+        rate = np.mean(fl[:, 0, 0, 0] > 0.5)
+        self.assertBetween(rate, 0.47, 0.53)
+        grey = jnp.full((n, 2, 2, 1), 100, jnp.uint8)
+        b = 63 / 255
+        br = np.asarray(augment.augment(key, grey, mean, std, pad=0, flip=False, brightness=b))
+        factor = br[:, 0, 0, 0] / (100 / 255)
+        self.assertGreaterEqual(factor.min(), 1 - b - 1e-6)
+        self.assertLessEqual(factor.max(), 1 + b + 1e-6)
+        self.assertLess(factor.min(), 1 - 0.95 * b)
+        self.assertGreater(factor.max(), 1 + 0.95 * b)
+        self.assertAlmostEqual(float(factor.mean()), 1.0, delta=0.01)
 
 
 if __name__ == "__main__":

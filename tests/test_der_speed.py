@@ -186,9 +186,31 @@ class StackedOldFeaturesTest(chex.TestCase):
         self.assertEqual(len(set(widths)), 1 + mixed)
         state = _state(False).replace(old=tuple(olds), old_inner_widths=tuple(widths))
         x = jax.random.normal(jax.random.key(5), (6, IMG, IMG, 3))
-        got = jax.jit(model.old_features)(state, x)
-        chex.assert_shape(got, (6, 3 * 4 * BW))
-        np.testing.assert_allclose(got, _loop_old_features(state, x), rtol=1e-5, atol=1e-5)
+        want = _loop_old_features(state, x)
+        for mode in model.OLD_BACKBONES:
+            got = jax.jit(functools.partial(model.old_features, mode=mode))(state, x)
+            chex.assert_shape(got, (6, 3 * 4 * BW))
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=mode)
+
+    def test_default_is_loop_and_bad_mode_refused(self):
+        """The default runs one apply per backbone (no vmap in the jaxpr); typos raise."""
+        olds = tuple(_random_backbone(20 + i) for i in range(2))
+        widths = (tuple(resnet.full_inner_widths(BW)),) * 2
+        state = _state(False).replace(old=olds, old_inner_widths=widths)
+        x = jnp.zeros((2, IMG, IMG, 3))
+
+        def batched_convs(mode):
+            jaxpr = str(jax.make_jaxpr(functools.partial(model.old_features, mode=mode))(state, x))
+            return jaxpr.count("feature_group_count=2")
+
+        self.assertEqual(batched_convs("loop"), 0)
+        self.assertGreater(batched_convs("vmap"), 0)
+        self.assertEqual(
+            str(jax.make_jaxpr(model.old_features)(state, x)),
+            str(jax.make_jaxpr(functools.partial(model.old_features, mode="loop"))(state, x)),
+        )
+        with self.assertRaises(ValueError):
+            model.old_features(state, x, mode="grouped")
 
 
 class BFloat16Test(chex.TestCase):
@@ -269,3 +291,47 @@ class SpeedFlagsTest(chex.TestCase):
 
 if __name__ == "__main__":
     absltest.main()
+
+
+class FeatureExtractionTest(chex.TestCase):
+    def test_extract_equals_predict_all_one_trace(self):
+        """Device-resident extraction == host predict_all; one compile for all batch calls."""
+        from den_jax.der import evaluate, features
+
+        state = _state(False)
+        x, _ = _data(N, 4)
+        want_l, want_f = evaluate.predict_all(
+            evaluate.make_predict(MEAN, STD), state, np.asarray(x), batch_size=16
+        )
+        fn = features.make_extract(MEAN, STD)
+        idx = np.arange(N, dtype=np.int32)[::-1]
+        got_l, got_f = features.extract(fn, state, x, idx, batch_size=16)  # 16 + 16 + 8 padded
+        self.assertEqual(fn._cache_size(), 1)
+        np.testing.assert_allclose(got_f, want_f[::-1], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got_l, want_l[::-1], rtol=1e-5, atol=1e-4)
+
+
+class DeviceMetricsTest(chex.TestCase):
+    def test_run_epoch_reads_metrics_once(self):
+        """run_epoch hands on_batch device arrays (no per-batch float()) and averages them."""
+        tx, step_fn, _ = _train_fns(False, False, 0)
+        state = _state(False, step=0)
+        opt_state = tx.init(model.trainable(state))
+        x, y = _data(N, 2)
+        batches = train.epoch_batches(np.random.default_rng(0), N, BATCH)
+        seen = []
+        _, _, m = train.run_epoch(
+            step_fn,
+            state,
+            opt_state,
+            x,
+            y,
+            batches,
+            jax.random.key(3),
+            train.make_mesh(),
+            on_batch=seen.append,
+        )
+        self.assertEqual(len(seen), 3)
+        self.assertTrue(all(isinstance(v, jax.Array) for d in seen for v in d.values()))
+        want = sum(float(d["loss"]) * len(b) for d, b in zip(seen, batches)) / N
+        self.assertAlmostEqual(m["loss"], want, places=5)

@@ -14,9 +14,11 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -465,6 +467,8 @@ def test_growth_runtime_error_is_one_line_exit_2(capsys):
     assert growth_cli.run_cli(growth_continual.main, ["--chunks", "500", "--epochs", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and err[0].startswith("error: --chunks 500 is too many")
+    with pytest.raises(ValueError, match="--chunks 500 is too many"):  # --debug: the traceback
+        growth_cli.run_cli(growth_continual.main, ["--chunks", "500", "--epochs", "1", "--debug"])
 
 
 # ----------------------------------------------------------------------------- a whole run
@@ -472,30 +476,135 @@ def test_growth_runtime_error_is_one_line_exit_2(capsys):
 TINY_CLI = {"baselines": {"steps": 20, "batch_size": 16}, "den": {"batch_size": 16}}
 
 
+def _cli_cmd(out, config, *extra):
+    return [sys.executable, "-m", "experiments.den", "--dataset", "sklearn_hetero", "--tasks",
+            "2", "--method", "finetune", "--hidden", "6", "--no-plots", "--config", config,
+            "--out", out, *extra]  # fmt: skip
+
+
 def _cli(out, config, *extra):
-    cmd = [sys.executable, "-m", "experiments.den", "--dataset", "sklearn_hetero", "--tasks",
-           "2", "--method", "finetune", "--hidden", "6", "--no-plots", "--config", config,
-           "--out", out, *extra]  # fmt: skip
+    cmd = _cli_cmd(out, config, *extra)
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.skipif(
+NEEDS_RUNNER = pytest.mark.skipif(
     not os.path.exists(os.path.join(ROOT, "den_jax", "stream.py")), reason="needs the runner"
 )
-def test_run_resumes_from_the_last_good_step_and_equals_an_uninterrupted_run(tmp_path):
-    config = str(tmp_path / "tiny.json")
+
+
+@pytest.fixture(scope="module")
+def den_clean(tmp_path_factory):
+    """One uninterrupted tiny run shared by the whole-run tests.
+
+    Returns ``(folder, config, t0, seconds)``: ``t0`` is when task 0's checkpoint was
+    complete (its digest record written), ``seconds`` the whole run, both from the start.
+    """
+    d = tmp_path_factory.mktemp("den_run")
+    config = str(d / "tiny.json")
     checkpoint.write_json_atomic(config, TINY_CLI)
-    clean, hurt = str(tmp_path / "clean"), str(tmp_path / "hurt")
-    proc = _cli(clean, config)
-    assert proc.returncode == 0, proc.stderr
+    clean = str(d / "clean")
+    record = os.path.join(clean, "checkpoints", "finetune", "0", digests.DIGESTS)
+    start, t0 = time.monotonic(), None
+    proc = subprocess.Popen(_cli_cmd(clean, config), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    with proc:
+        while proc.poll() is None:
+            if t0 is None and os.path.exists(record):
+                t0 = time.monotonic() - start
+            time.sleep(0.02)
+        seconds = time.monotonic() - start
+        err = proc.stderr.read()
+    assert proc.returncode == 0 and t0 is not None, err
+    return clean, config, t0, seconds
+
+
+def _den_results(out):
+    res = checkpoint.read_json(os.path.join(out, "results.json"))["finetune"]
+    return res["accuracy_matrix"], res["auroc_matrix"]
+
+
+@NEEDS_RUNNER
+def test_run_resumes_from_the_last_good_step_and_equals_an_uninterrupted_run(den_clean, tmp_path):
+    clean, config, _, _ = den_clean
+    hurt = str(tmp_path / "hurt")
     shutil.copytree(clean, hurt)
     steps = os.path.join(hurt, "checkpoints", "finetune")
     _flip(_largest_array_file(steps, 1))
     proc = _cli(hurt, config, "--resume")
     assert proc.returncode == 0, proc.stderr
     assert "checkpoint step 1" in proc.stderr and "corrupt" in proc.stderr  # named, then redone
-    want = checkpoint.read_json(os.path.join(clean, "results.json"))["finetune"]
-    got = checkpoint.read_json(os.path.join(hurt, "results.json"))["finetune"]
-    assert got["accuracy_matrix"] == want["accuracy_matrix"]
-    assert got["auroc_matrix"] == want["auroc_matrix"]
+    assert _den_results(hurt) == _den_results(clean)
     assert checkpoint.verified_steps(steps) == [0, 1]
+
+
+@NEEDS_RUNNER
+def test_sigkill_at_three_seeded_moments_then_resume_equals_an_uninterrupted_run(
+    den_clean, tmp_path
+):
+    """Killed (SIGKILL) three times at moments drawn from a seed; each restart is a
+    ``--resume`` of the same folder, and the last one finishes the run.
+
+    The first moment is a seeded delay after task 0's checkpoint is complete (a fraction
+    of what task 1 took in the uninterrupted run), so a resume from task 0 always happens;
+    the other two fall anywhere in the first 30-70% of a run (start-up, restore, training,
+    saving)."""
+    clean, config, t0, seconds = den_clean
+    out = str(tmp_path / "killed")
+    steps = os.path.join(out, "checkpoints", "finetune")
+    rng = np.random.default_rng(14)
+    moments = [rng.uniform(0.0, 0.4) * (seconds - t0), *(rng.uniform(0.3, 0.7, size=2) * seconds)]
+    after = []
+    for i, moment in enumerate(moments):
+        cmd = [*_cli_cmd(out, config), *(["--resume"] if i else [])]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if i == 0:  # the clock starts when task 0's checkpoint is complete
+            record = os.path.join(steps, "0", digests.DIGESTS)
+            while not os.path.exists(record) and proc.poll() is None:
+                time.sleep(0.02)
+        try:
+            proc.wait(timeout=moment)  # finished before its moment: nothing to kill
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=TIMEOUT_S) == -signal.SIGKILL
+        after.append(checkpoint.completed_steps(steps))
+    assert after[0] == [0], (moments, t0, seconds, after)  # killed during task 1
+    proc = _cli(out, config, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert _den_results(out) == _den_results(clean)
+    assert checkpoint.verified_steps(os.path.join(out, "checkpoints", "finetune")) == [0, 1]
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["experiments.den", "--dataset", "nope", "--out", "{tmp}/o"], "unknown dataset 'nope'"),
+        (["experiments.den", "--dataset", "sklearn_hetero", "--config", "{tmp}/no.json", "--out",
+          "{tmp}/o"], "no.json"),
+        (["experiments.cifar100_der", "--preset", "nope", "--out", "{tmp}/o"],
+         "unknown preset 'nope'"),
+        (["experiments.growth_digits", "--seeds", "0"], "--seeds: must be >= 1, got 0"),
+    ],
+)  # fmt: skip
+def test_entry_points_one_error_line_exit_2_traceback_only_with_debug(tmp_path, argv, message):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    for debug in (False, True):
+        proc = subprocess.run(
+            [sys.executable, "-m", *argv, *(["--debug"] if debug else [])],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        if debug and "growth" in argv[0]:  # a usage error: same line with --debug
+            assert proc.returncode == 2 and message in proc.stderr
+        elif debug:
+            assert proc.returncode != 0 and "Traceback" in proc.stderr, proc.stderr[-2000:]
+            assert message in proc.stderr
+        else:
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+            assert message in lines[0] and "Traceback" not in proc.stderr

@@ -115,18 +115,21 @@ class TrainerTest(parameterized.TestCase):
         cfg = g.TrainerConfig(problem="regression", batch_size=32)
         s = g.train(g.init_state(cfg, jax.random.PRNGKey(0), 4, 1, (4,)), cfg, x, y, 2)
         bad = g.TrainerConfig(
-            problem="regression", batch_size=32, loss_fn=lambda out, t: jnp.mean(jnp.log(out - 1e6))
+            problem="regression",
+            batch_size=32,
+            nan_policy="stop",
+            loss_fn=lambda out, t: jnp.mean(jnp.log(out - 1e6)),
         )
         out = g.train(s, bad, x, y, 3)
         self.assertIn("non-finite training loss", out.history.stopped)
         self.assertEqual(out.epoch, 2)
         chex.assert_trees_all_equal(out.net.params, s.net.params)
-        with self.assertRaises(FloatingPointError):
+        with self.assertRaisesRegex(
+            FloatingPointError, r"task 'main', phase training, epoch 2 \(steps 7..9\)"
+        ):
             g.train(
                 s,
-                g.TrainerConfig(
-                    problem="regression", batch_size=32, nan_policy="raise", loss_fn=bad.loss_fn
-                ),
+                g.TrainerConfig(problem="regression", batch_size=32, loss_fn=bad.loss_fn),
                 x,
                 y,
                 1,
@@ -173,7 +176,7 @@ class TrainerTest(parameterized.TestCase):
         self.assertEqual(s2.task, "main")
         self.assertEqual(s2.epoch, 5)
         x3, y3 = blobs(seed=2, classes=5)
-        with self.assertRaisesRegex(ValueError, "labels must lie in 0..2"):
+        with self.assertRaisesRegex(ValueError, r"label \d at index \d+ is outside \[0, 3\)"):
             g.continual_learning(s2, cfg, x3, y3, 1)
         old_logits = dj.apply(s2.net, x, "main")
         s3 = g.continual_learning(
@@ -198,7 +201,7 @@ class TrainerTest(parameterized.TestCase):
         s = g.init_state(cfg, jax.random.PRNGKey(0), 6, 3, (4,))
         with self.assertRaisesRegex(ValueError, r"shape \[N, 6\]"):
             g.train(s, cfg, x[:, :5], y, 1)
-        with self.assertRaisesRegex(ValueError, "NaN"):
+        with self.assertRaisesRegex(ValueError, "non-finite value nan at row 0, column 0"):
             g.train(s, cfg, np.full_like(x, np.nan), y, 1)
         with self.assertRaisesRegex(ValueError, "epochs"):
             g.train(s, cfg, x, y, -1)
@@ -208,6 +211,58 @@ class TrainerTest(parameterized.TestCase):
             g.TrainerConfig(dropout=1.0)
         with self.assertRaisesRegex(ValueError, "strategy"):
             g.train(s, cfg, x, y, 1, strategy=object(), enable_growth=True)
+
+    def test_bad_data_refused_where_it_enters_naming_split_and_index(self):
+        x, y = blobs()
+        xr, yr = linear()
+        cfg = g.TrainerConfig(batch_size=16)
+        reg = g.TrainerConfig(problem="regression", batch_size=32)
+        s = g.init_state(cfg, jax.random.PRNGKey(0), 6, 3, (4,))
+        sr = g.init_state(reg, jax.random.PRNGKey(0), 4, 1, (4,))
+
+        def with_(a, index, value):
+            a = a.copy() if not isinstance(value, float) or a.dtype.kind == "f" else a.astype(float)
+            a[index] = value
+            return a
+
+        cases = [
+            (lambda: g.train(s, cfg, with_(x, (7, 2), np.nan), y, 1),
+             r"training data of task 'main': x.*non-finite value nan at row 7, column 2"),
+            (lambda: g.train(s, cfg, with_(x, (3, 0), np.inf), y, 1),
+             r"training data.*non-finite value inf at row 3, column 0"),
+            (lambda: g.train(s, cfg, x, with_(y, 11, 99), 1),
+             r"training data of task 'main': y.*label 99 at index 11 is outside \[0, 3\)"),
+            (lambda: g.train(s, cfg, x, with_(y, 5, -1), 1), r"label -1 at index 5"),
+            (lambda: g.train(s, cfg, x, y.astype(np.float32), 1), "integer dtype, got float32"),
+            (lambda: g.train(s, cfg, x, y, 1, validation=(x, with_(y, 4, 3))),
+             r"validation data of task 'main': y.*label 3 at index 4"),
+            (lambda: g.evaluate(s, cfg, with_(x, (1, 1), np.nan), y),
+             r"evaluation data of task 'main': x.*row 1, column 1"),
+            (lambda: g.train(sr, reg, xr, with_(yr, 9, np.nan), 1),
+             r"training data of task 'main': y.*non-finite value nan at row 9, column 0"),
+            (lambda: g.continual_learning(s, cfg, x, with_(y, 0, 99), 1, new_task="t2"),
+             r"new data of task 't2': y: class\(es\) 3, 4, 5, 6, 7, \.\.\. never occur.*99"),
+            (lambda: g.continual_learning(s, cfg, x, with_(y, 2, -1), 1, new_task="t2"),
+             r"new data of task 't2': y: label -1 at index 2"),
+        ]  # fmt: skip
+        for i, (call, pattern) in enumerate(cases):
+            with self.subTest(i=i), self.assertRaisesRegex(ValueError, pattern):
+                call()
+        self.assertEqual(s.epoch, 0)
+
+    def test_non_finite_validation_loss_stops_naming_phase(self):
+        x, y = linear()
+        cfg = g.TrainerConfig(problem="regression", batch_size=32)
+        s = g.init_state(cfg, jax.random.PRNGKey(0), 4, 1, (4,))
+        huge = np.full_like(x, 3e38)  # finite inputs whose outputs overflow to inf
+        with self.assertRaisesRegex(
+            FloatingPointError, r"validation loss.*task 'main', phase validation, after epoch 0"
+        ):
+            g.train(s, cfg, x, y, 2, validation=(huge, y))
+        stop = g.TrainerConfig(problem="regression", batch_size=32, nan_policy="stop")
+        out = g.train(s, stop, x, y, 2, validation=(huge, y))
+        self.assertEqual(out.epoch, 0)
+        self.assertIn("phase validation", out.history.stopped)
 
 
 class TrapsTest(parameterized.TestCase):

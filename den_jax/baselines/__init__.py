@@ -1,7 +1,8 @@
 """Continual-learning baselines on the same expandable network as DEN.
 
-STL (separate networks), fine-tuning, L2 transfer and EWC; see
-:mod:`den_jax.baselines.learners`.
+STL (separate networks), fine-tuning, L2 transfer and EWC (see
+:mod:`den_jax.baselines.learners`); the architecture methods Progressive Networks
+(:mod:`den_jax.baselines.pnn`) and PackNet (:mod:`den_jax.baselines.packnet`).
 """
 
 from den_jax.baselines.common import BaselineConfig, shared_params
@@ -15,6 +16,13 @@ from den_jax.baselines.learners import (
     l2_learn_task,
     stl_learn_task,
 )
+from den_jax.baselines.packnet import (
+    packnet_count,
+    packnet_learn_task,
+    packnet_predict,
+    packnet_task_network,
+)
+from den_jax.baselines.pnn import pnn_count, pnn_forward, pnn_learn_task, pnn_predict
 
 __all__ = [
     "BASELINES",
@@ -25,6 +33,14 @@ __all__ = [
     "ewc_state_abstract",
     "finetune_learn_task",
     "l2_learn_task",
+    "packnet_count",
+    "packnet_learn_task",
+    "packnet_predict",
+    "packnet_task_network",
+    "pnn_count",
+    "pnn_forward",
+    "pnn_learn_task",
+    "pnn_predict",
     "shared_params",
     "stl_learn_task",
 ]

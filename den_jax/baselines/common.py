@@ -57,6 +57,16 @@ class BaselineConfig:
       ewc_lambda: EWC strength ``lam/2 * sum F (theta - theta*)^2`` (Kirkpatrick et al.
         2017, Eq. 3).
       fisher_samples: training examples used to estimate the diagonal Fisher.
+      pnn_adapter_dim: width of the hidden layer of Progressive Networks' non-linear
+        lateral adapters (``V``'s output); 0: the receiving layer's width (Rusu et al.
+        2016, Eq. 2: "a projection onto an n_l dimensional subspace").
+      pnn_alpha_init: scale of the adapters' learned scalar ``alpha`` at initialisation
+        (drawn uniformly in ``[0.5, 1.5] * pnn_alpha_init``: "a random small value").
+      packnet_prune: PackNet's fraction of a task's free weights released (pruned) per
+        layer after the task; a float for every task or a sequence (one per task, the
+        last repeated). The paper uses 0.5-0.75.
+      packnet_retrain_steps: PackNet's steps of retraining the kept weights after
+        pruning; ``None``: ``steps // 4``.
     """
 
     steps: int = 4300
@@ -69,6 +79,10 @@ class BaselineConfig:
     l2_lambda: float = 0.5
     ewc_lambda: float = 1000.0
     fisher_samples: int = 1024
+    pnn_adapter_dim: int = 0
+    pnn_alpha_init: float = 0.01
+    packnet_prune: float | tuple[float, ...] = 0.75
+    packnet_retrain_steps: int | None = None
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "fisher_samples"):

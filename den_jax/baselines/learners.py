@@ -233,12 +233,30 @@ class Method:
       separate_networks: True when every task gets a fresh network (STL).
       stateful: True when ``report["state"]`` must be passed to the next task (and saved
         in checkpoints).
+      predict: ``(net, state, x, task) -> logits`` for methods whose model is not (only)
+        ``net`` (e.g. columns kept in ``state``); ``None``: ``dj.apply(net, x, task)``.
+        ``task`` is a name and static under ``jax.jit``.
+      count: ``(net, state, task=None) -> {"params": stored, "nonzero": non-zero}``
+        (optionally ``"units"``): parameter counts of the whole model after a task, or of
+        what ``task``'s forward pass uses; ``None``: counted on ``net``.
+      task_network: ``(net, state, task) -> ExpandableNet`` that predicts ``task`` with
+        ``dj.apply`` (e.g. PackNet's owner-masked weights), used by ``stream.load_task``;
+        ``None``: ``net`` itself.
+      needs_history: True when the learner takes ``history=``: a list of
+        ``(task_name, (x_train, y_train))`` of every earlier task (joint training).
+      uses_den_config: True when the learner takes a ``den.DENConfig`` (DEN and its
+        ablations); False: a :class:`BaselineConfig`.
     """
 
     name: str
     learn_task: Callable
     separate_networks: bool = False
     stateful: bool = False
+    predict: Callable | None = None
+    count: Callable | None = None
+    task_network: Callable | None = None
+    needs_history: bool = False
+    uses_den_config: bool = False
 
 
 BASELINES: dict[str, Method] = {

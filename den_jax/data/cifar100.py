@@ -13,12 +13,15 @@ Three sources, all returning ``(uint8 [N, 32, 32, 3], int64 [N] fine labels)``:
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
 import os
 import pickle
 import tarfile
 import urllib.request
+import zlib
+from typing import IO, Any
 
 import numpy as np
 
@@ -39,11 +42,57 @@ _SPLITS = ("train", "test")
 _log = logging.getLogger(__name__)
 
 
-def _decode(blob: dict) -> tuple[np.ndarray, np.ndarray]:
-    data = np.asarray(blob[b"data"] if b"data" in blob else blob["data"], np.uint8)
-    labels = blob[b"fine_labels"] if b"fine_labels" in blob else blob["fine_labels"]
+# What a damaged file raises while it is opened, decompressed or unpickled.
+_READ_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    tarfile.TarError,
+    gzip.BadGzipFile,
+    zlib.error,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    OverflowError,
+    ValueError,
+)
+_EXPECTED = "a CIFAR-100 python pickle (a dict with 'data' uint8 [N, 3072] and 'fine_labels' [N])"
+
+
+def _decode(blob: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images and fine labels of one unpickled split; ``ValueError`` naming ``source``."""
+    if not isinstance(blob, dict):
+        raise ValueError(f"{source}: expected {_EXPECTED}, got a {type(blob).__name__}")
+    found = {k.decode() if isinstance(k, bytes) else str(k): v for k, v in blob.items()}
+    missing = [k for k in ("data", "fine_labels") if k not in found]
+    if missing:
+        raise ValueError(
+            f"{source}: expected {_EXPECTED}; key(s) {missing} missing (has {sorted(found)[:8]})"
+        )
+    data = np.asarray(found["data"])
+    labels = np.asarray(found["fine_labels"])
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
+        raise ValueError(
+            f"{source}: expected 'data' uint8 [N, 3072], got {data.dtype} {list(data.shape)}"
+        )
+    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{source}: expected integer 'fine_labels' [{len(data)}] (one per image), got "
+            f"{labels.dtype} {list(labels.shape)}"
+        )
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), np.asarray(labels, np.int64)
+    return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+def _read_pickle(f: IO[bytes], source: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        blob = pickle.load(f, encoding="bytes")
+    except _READ_ERRORS as e:
+        raise ValueError(
+            f"cannot read {source}: expected {_EXPECTED} ({type(e).__name__}: {e}); the file "
+            "is damaged or not CIFAR-100: delete it and download it again"
+        ) from e
+    return _decode(blob, source)
 
 
 def load_cifar100(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -62,14 +111,27 @@ def load_cifar100(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     folder = os.path.join(data_dir, "cifar-100-python", split)
     if os.path.exists(folder):
         with open(folder, "rb") as f:
-            return _decode(pickle.load(f, encoding="bytes"))
+            return _read_pickle(f, folder)
     archive = os.path.join(data_dir, ARCHIVE)
     if os.path.exists(archive):
-        with tarfile.open(archive, "r:gz") as tar:
-            member = tar.extractfile(f"cifar-100-python/{split}")
-            if member is None:
-                raise ValueError(f"{archive} has no cifar-100-python/{split}")
-            return _decode(pickle.load(member, encoding="bytes"))
+        name = f"cifar-100-python/{split}"
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                try:
+                    member = tar.extractfile(name)
+                except KeyError:
+                    member = None
+                if member is None:
+                    raise ValueError(f"{archive}: expected a member {name!r}, none found")
+                return _read_pickle(member, f"{archive} (member {name})")
+        except _READ_ERRORS as e:
+            if isinstance(e, ValueError) and archive in str(e):
+                raise  # already names the archive
+
+            raise ValueError(
+                f"cannot read {archive}: expected a gzip-compressed tar archive holding {name} "
+                f"({type(e).__name__}: {e}); delete it and download it again"
+            ) from e
     raise ValueError(
         f"no CIFAR-100 in {data_dir!r}: expected {ARCHIVE} or cifar-100-python/{split} "
         f"(get the archive from {URL}, or pass --download when online)"

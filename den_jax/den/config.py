@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 LOSSES = ("softmax_ce", "sigmoid_ce")
-PROX_SCALES = ("lr", "none")
+PROX_SCALES = ("lr", "none", "adam")
 SPLIT_WHEN = ("always", "after_expansion", "never")
 SPLIT_RETRAIN = ("all", "new")
 OPT_STATE_POLICIES = ("reset", "grow")
@@ -48,8 +48,10 @@ class DENConfig:
         (``prox_scale="lr"``) or ``l1_lambda`` (``"none"``, the official code's 1e-5).
       group_lambda: gamma of Eq. 5; group-lasso prox threshold per step, scaled like L1.
       l2_lambda: weight of ``sum 0.5 * ||v||^2`` over all weights (official 1e-4).
-      drift_lambda: lambda of Eq. 6, weight of ``||W - W^{t-1}||^2`` over weights older
-        tasks use (selective retraining and split).
+      drift_lambda: lambda of Eq. 6, weight of ``||W - W^{t-1}||^2`` (a plain sum of
+        squares) over weights older tasks use (selective retraining and split). The official
+        code adds ``0.5 * tf.nn.l2_loss(W - W^{t-1})`` = ``0.25 * sum (W - W^{t-1})^2``, so its
+        strength is ``drift_lambda = 0.25`` here; the default 0.5 is twice that.
       expansion_threshold: tau; expand when the loss after selective retraining exceeds it.
       drift_threshold: sigma; split units whose drift ``rho_i`` exceeds it.
       new_nodes_k: k, units added per hidden layer at an expansion: one integer >= 1 for
@@ -70,7 +72,10 @@ class DENConfig:
       lr_decay_steps: steps between decays (official: one epoch, 55000 / 256 = 215).
       seed: seed entry points use to derive PRNG keys.
       loss: ``"softmax_ce"`` (default) or ``"sigmoid_ce"`` (official code, one-hot).
-      prox_scale: ``"lr"`` scales prox thresholds by the current lr; ``"none"`` does not.
+      prox_scale: ``"lr"`` scales prox thresholds by the current lr; ``"none"`` does not;
+        ``"adam"`` applies the L1 prox inside Adam's update with the per-coordinate threshold
+        ``lr * l1_lambda / (sqrt(v_hat) + eps)`` (:func:`den_jax.den.proximal.adam_l1_prox`;
+        Adam only, so no ``optimizer=`` override), and the group prox with ``lr * gamma``.
       split_when: ``"always"`` (paper, every task t >= 2), ``"after_expansion"`` (official
         code) or ``"never"`` (ablation).
       split_retrain: parameters trained after duplication: ``"all"`` (every weight the task

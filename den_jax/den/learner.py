@@ -33,6 +33,7 @@ from den_jax.data.checks import check_finite, check_targets
 from den_jax.den import phases, split
 from den_jax.den.config import DENConfig
 from den_jax.den.phases import PhaseSettings, PhaseState
+from den_jax.den.proximal import adam_l1_prox
 from den_jax.den.selection import select_subnetwork
 from den_jax.losses import get_loss
 from den_jax.masks import task_mask
@@ -41,7 +42,13 @@ from den_jax.training import Optimizer, as_arrays, resolve_optimizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["learn_task", "learn_task_with_state", "lr_schedule", "make_settings"]
+__all__ = [
+    "layer_counts",
+    "learn_task",
+    "learn_task_with_state",
+    "lr_schedule",
+    "make_settings",
+]
 
 
 def lr_schedule(cfg: DENConfig) -> optax.Schedule:
@@ -87,15 +94,27 @@ def _build_settings(cfg: DENConfig, loss, optimizer) -> PhaseSettings:
         loss = get_loss(cfg.loss)
     elif not callable(loss):
         raise ValueError(f"loss must be a function (logits, y) -> scalar, got {loss!r}")
+    in_adam = cfg.prox_scale == "adam"
+    if in_adam and optimizer is not None:
+        raise ValueError(
+            'DENConfig.prox_scale="adam" builds its own Adam (adam_l1_prox); '
+            "it cannot be combined with optimizer="
+        )
+    tx = (
+        adam_l1_prox(schedule, float(cfg.l1_lambda))
+        if in_adam
+        else resolve_optimizer(optimizer, schedule)
+    )
     return PhaseSettings(
-        tx=resolve_optimizer(optimizer, schedule),
+        tx=tx,
         lr_schedule=schedule,
         logits_loss=loss,
         l1_lambda=float(cfg.l1_lambda),
         group_lambda=float(cfg.group_lambda),
         l2_lambda=float(cfg.l2_lambda),
         drift_lambda=float(cfg.drift_lambda),
-        scale_prox_by_lr=cfg.prox_scale == "lr",
+        scale_prox_by_lr=cfg.prox_scale in ("lr", "adam"),
+        l1_in_optimizer=in_adam,
         batch_size=int(cfg.batch_size),
         eval_batch_size=int(cfg.eval_batch_size),
         grow_opt_state=cfg.opt_state_policy == "grow",
@@ -135,6 +154,7 @@ def learn_task_with_state(
     opt_state: Any | None = None,
     loss: phases.LogitsLoss | None = None,
     optimizer: Optimizer | None = None,
+    prune: bool = True,
 ) -> tuple[ExpandableNet, Any, dict]:
     """:func:`learn_task` that also takes and returns the optimizer state.
 
@@ -142,7 +162,8 @@ def learn_task_with_state(
     With ``cfg.opt_state_policy == "grow"`` that state is aligned by unit id to ``net``
     (which may have gained a task since: new heads get zero moments) and carried into the
     first phase and across every growth step; with ``"reset"`` it is ignored and every
-    phase starts from ``tx.init``. Returns ``(net, (opt_state, net), report)``.
+    phase starts from ``tx.init``. ``prune=False`` keeps every unit an expansion adds (the
+    DEN-Constant ablation). Returns ``(net, (opt_state, net), report)``.
     """
     if not isinstance(cfg, DENConfig):
         raise ValueError(f"cfg must be a DENConfig, got {type(cfg).__name__}")
@@ -171,7 +192,8 @@ def learn_task_with_state(
         opt_state = grow_opt_state(opt_state[0], opt_state[1], net)
     else:
         opt_state = None
-    state = PhaseState(net, opt_state, 0)
+    # One learning-rate clock: the prox reads the lr at the optimizer's own step count.
+    state = PhaseState(net, opt_state, phases.schedule_step(opt_state))
     report: dict[str, Any] = {"task": spec.name, "index": spec.index, "phases": {}}
 
     if spec.index == 0:
@@ -188,7 +210,7 @@ def learn_task_with_state(
         )
         report["phases"]["task1"] = stats
     else:
-        state = _learn_later_task(state, keys, spec, train, valid, cfg, settings, report)
+        state = _learn_later_task(state, keys, spec, train, valid, cfg, settings, report, prune)
 
     eval_data = valid if valid is not None else train
     report["final_task_loss"] = phases.task_loss(state.net, spec.name, eval_data, settings)
@@ -198,12 +220,62 @@ def learn_task_with_state(
     report["nonzero_params"] = int(
         sum(int(jnp.count_nonzero(v)) for v in jax.tree.leaves(state.net.params))
     )
+    report["layers"] = layer_counts(state.net, spec.name)
+    report["steps"] = int(
+        sum(
+            ph.get("steps", 0)
+            + ph.get("pretrain", {}).get("steps", 0)
+            + ph.get("retrain", {}).get("steps", 0)
+            for ph in report["phases"].values()
+        )
+    )
     report["seconds"] = time.perf_counter() - t0
     logger.info("DEN task %s: %s", spec.name, report)
     return state.net, (state.opt_state, state.net), report
 
 
-def _learn_later_task(state, keys, spec, train, valid, cfg, settings, report) -> PhaseState:
+def layer_counts(net: ExpandableNet, task: str) -> dict[str, list[int]]:
+    """Per hidden layer, stored and non-zero entries in all, and those ``task`` uses.
+
+    Layer ``l`` holds its incoming weights (every input head for layer 0) and biases; the
+    task's own entries are those of :func:`den_jax.masks.task_mask` (the paper's capacity
+    count is the non-zero weights of what a task uses).
+
+    Returns:
+      ``{"stored", "nonzero", "task_used", "task_nonzero"}``, each a list per hidden layer,
+      plus the same four for the output heads under ``"heads_*"`` keys.
+    """
+    p = jax.device_get(net.params)
+    m = jax.device_get(task_mask(net, task))
+
+    def layer_leaves(tree, layer):
+        if layer == 0:
+            return [h["w"] for h in tree["input_heads"].values()] + [tree["hidden"][0]["b"]]
+        return [tree["hidden"][layer]["w"], tree["hidden"][layer]["b"]]
+
+    out: dict[str, list[int]] = {"stored": [], "nonzero": [], "task_used": [], "task_nonzero": []}
+    for layer in range(net.num_layers):
+        vals = [np.asarray(v) for v in layer_leaves(p, layer)]
+        masks = [np.asarray(v) for v in layer_leaves(m, layer)]
+        out["stored"].append(int(sum(v.size for v in vals)))
+        out["nonzero"].append(int(sum(np.count_nonzero(v) for v in vals)))
+        out["task_used"].append(int(sum(np.count_nonzero(k) for k in masks)))
+        out["task_nonzero"].append(
+            int(sum(np.count_nonzero((v != 0) & (k != 0)) for v, k in zip(vals, masks)))
+        )
+    heads = [np.asarray(v) for v in jax.tree.leaves(p["output_heads"])]
+    hmask = [np.asarray(v) for v in jax.tree.leaves(m["output_heads"])]
+    out["heads_stored"] = [int(sum(v.size for v in heads))]
+    out["heads_nonzero"] = [int(sum(np.count_nonzero(v) for v in heads))]
+    out["heads_task_nonzero"] = [
+        int(sum(np.count_nonzero((v != 0) & (k != 0)) for v, k in zip(heads, hmask)))
+    ]
+    return out
+
+
+def _learn_later_task(
+    state, keys, spec, train, valid, cfg, settings, report, prune=True
+) -> PhaseState:
     name = spec.name
     prev_net = state.net
     prev_params = state.net.params  # W^{t-1} (the task's fresh head included, unused)
@@ -242,6 +314,10 @@ def _learn_later_task(state, keys, spec, train, valid, cfg, settings, report) ->
         phase="selective",
     )
     stats["selected_units"] = [int(u.size) for u in selection.units]
+    stats["available_units"] = [int(w) for w in state.net.widths]
+    stats["selected_fraction"] = [
+        float(u.size) / max(int(w), 1) for u, w in zip(selection.units, state.net.widths)
+    ]
     report["phases"]["selective"] = stats
 
     # 4. Dynamic expansion (Alg. 3, Eq. 5).
@@ -249,6 +325,10 @@ def _learn_later_task(state, keys, spec, train, valid, cfg, settings, report) ->
     loss_after = phases.task_loss(state.net, name, measure_on, settings)
     expanded = loss_after > cfg.expansion_threshold
     exp_report: dict[str, Any] = {
+        "decision": (
+            f"{'expand' if expanded else 'keep'}: task loss {loss_after:.4g} "
+            f"{'>' if expanded else '<='} tau {cfg.expansion_threshold:.4g}"
+        ),
         "loss_before": loss_after,
         "measured_on": "valid" if measure_on is valid else "train",
         "threshold": cfg.expansion_threshold,
@@ -271,7 +351,10 @@ def _learn_later_task(state, keys, spec, train, valid, cfg, settings, report) ->
             prox=phases.make_expansion_prox(settings, state.net, name, new_units),
             phase="expansion",
         )
-        state, removed = phases.prune_dead_units(state, name, new_units, settings)
+        if prune:
+            state, removed = phases.prune_dead_units(state, name, new_units, settings)
+        else:
+            removed = [0] * state.net.num_layers
         exp_report.update(stats)
         exp_report["added"] = [int(u.size) for u in new_units]
         exp_report["pruned"] = removed
@@ -318,6 +401,18 @@ def _learn_later_task(state, keys, spec, train, valid, cfg, settings, report) ->
         ]
         state = split.split_units(state, name, chosen, prev_params, prev_net, settings)
         split_report["split"] = [int(c.size) for c in chosen]
+        split_report["cap"] = int(cfg.max_splits_per_layer)
+        split_report["cap_hit"] = [
+            bool(over > int(c.size)) for over, c in zip(split_report["over_threshold"], chosen)
+        ]
+        if any(split_report["cap_hit"]):
+            logger.warning(
+                "DEN task %s: split cap %d hit (over sigma: %s, split: %s)",
+                name,
+                cfg.max_splits_per_layer,
+                split_report["over_threshold"],
+                split_report["split"],
+            )
         drift_mask = phases.old_task_mask(state.net, name)
         if cfg.split_retrain == "all":
             retrain_mask = task_mask(state.net, name)

@@ -30,7 +30,7 @@ from den_jax.align import grow_opt_state
 from den_jax.den.proximal import prox_group_lasso_columns, prox_l1
 from den_jax.losses import Loss
 from den_jax.masks import task_mask
-from den_jax.network import ExpandableNet, NetMeta, apply, resolve_task
+from den_jax.network import ACTIVATIONS, ExpandableNet, NetMeta, apply, resolve_task
 from den_jax.surgery import add_units_all, remove_units
 from den_jax.training import evaluate_loss, train_steps
 
@@ -53,6 +53,8 @@ class PhaseSettings:
       batch_size: examples per step.
       eval_batch_size: batch size of whole-dataset evaluation.
       grow_opt_state: keep optimizer state across phases (True) or reset it (False).
+      l1_in_optimizer: ``tx`` applies the L1 prox itself (``prox_scale="adam"``), so the
+        phases add no separate L1 prox.
     """
 
     tx: optax.GradientTransformation
@@ -66,6 +68,7 @@ class PhaseSettings:
     batch_size: int = 256
     eval_batch_size: int = 1024
     grow_opt_state: bool = False
+    l1_in_optimizer: bool = False
 
 
 class PhaseState(NamedTuple):
@@ -94,12 +97,14 @@ __all__ = [
     "PhaseSettings",
     "PhaseState",
     "carry_opt_state",
+    "dead_units",
     "expand",
     "make_expansion_prox",
     "make_l1_prox",
     "new_unit_indices",
     "old_task_mask",
     "prune_dead_units",
+    "schedule_step",
     "task_loss",
     "train_phase",
     "weights_only",
@@ -142,7 +147,7 @@ def make_l1_prox(settings: PhaseSettings):
 
     Cached per ``settings``, so phases that share settings and shapes share one compile.
     """
-    if settings.l1_lambda == 0:
+    if settings.l1_lambda == 0 or settings.l1_in_optimizer:
         return None
     lam = settings.l1_lambda
 
@@ -216,6 +221,31 @@ def task_loss(net: ExpandableNet, task: str, data, settings: PhaseSettings) -> f
     return evaluate_loss(loss, net.params, data[0], data[1], batch_size=settings.eval_batch_size)
 
 
+def schedule_step(opt_state: Any) -> int:
+    """The optimizer's own step count (its learning-rate clock); 0 for ``None``.
+
+    Under ``opt_state_policy="grow"`` the prox thresholds read the learning rate at this
+    step, so the optimizer and the prox share one clock across phases and tasks. The count
+    of an ``optax.scale_by_schedule`` state is used when there is one, else the first
+    ``count`` found.
+    """
+    if opt_state is None:
+        return 0
+    found = optax.tree_utils.tree_get_all_with_path(opt_state, "count")
+    if not found:
+        return 0
+    states = [
+        leaf
+        for leaf in jax.tree.leaves(
+            opt_state, is_leaf=lambda n: isinstance(n, optax.ScaleByScheduleState)
+        )
+        if isinstance(leaf, optax.ScaleByScheduleState)
+    ]
+    if states:
+        return int(jax.device_get(states[0].count))
+    return int(jax.device_get(found[0][1]))
+
+
 def carry_opt_state(settings: PhaseSettings, opt_state, old: ExpandableNet, new: ExpandableNet):
     """The optimizer state for ``new``: grown by unit id, or freshly initialised."""
     if settings.grow_opt_state and opt_state is not None:
@@ -258,7 +288,7 @@ def train_phase(
     """
     net = state.net
     if settings.grow_opt_state and state.opt_state is not None:
-        opt_state, offset = state.opt_state, state.step
+        opt_state, offset = state.opt_state, schedule_step(state.opt_state)
     else:
         opt_state, offset = settings.tx.init(net.params), 0
     zeros = jax.tree.map(lambda v: np.zeros(v.shape, np.float32), net.params)
@@ -291,6 +321,7 @@ def train_phase(
         "steps": int(num_steps),
         "final_loss": float(losses[-min(100, len(losses)) :].mean()),
         "trainable": int(sum(np.asarray(m).sum() for m in jax.tree.leaves(update_mask))),
+        "lr_step_start": int(offset),
         "seconds": time.perf_counter() - start,
     }
     return PhaseState(net.replace(params=params), opt_state, offset + num_steps), stats
@@ -331,14 +362,51 @@ def expand(
     return PhaseState(net, opt_state, state.step), new_units, mask
 
 
+def dead_units(net: ExpandableNet, layer: int, positions: np.ndarray, task: str) -> np.ndarray:
+    """Those of ``positions`` (units of ``layer``) that cannot change any output.
+
+    A unit is dead when (a) its incoming weights (the task's input-head columns for layer 0)
+    are all zero and its activation of its bias is zero (``act(b) == 0``: with ReLU,
+    ``b <= 0``; a zero-input unit with ``act(b) != 0`` feeds a constant into the next
+    layer and is kept), or (b) all its outgoing weights (every row of the next hidden
+    matrix, or of every output head for the top layer) are zero.
+
+    Args:
+      net: the network.
+      layer: hidden-layer index.
+      positions: ``int`` positions of candidate units.
+      task: the task whose input head feeds layer 0.
+
+    Returns:
+      The dead positions (sorted as given).
+    """
+    spec = resolve_task(net.meta, task)
+    p = jax.device_get(net.params)
+    if layer == 0:
+        w_in = np.asarray(p["input_heads"][spec.input_key]["w"])
+    else:
+        w_in = np.asarray(p["hidden"][layer]["w"])
+    bias = np.asarray(p["hidden"][layer]["b"])[positions]
+    act_b = np.asarray(ACTIVATIONS[net.meta.activation](jnp.asarray(bias)))
+    no_input = np.all(w_in[:, positions] == 0, axis=0) & (act_b == 0)
+    if layer + 1 < net.num_layers:
+        outs = [np.asarray(p["hidden"][layer + 1]["w"])]
+    else:
+        outs = [np.asarray(h["w"]) for h in p["output_heads"].values()]
+    no_output = np.all([np.all(o[positions] == 0, axis=1) for o in outs], axis=0)
+    return positions[no_input | no_output]
+
+
 def prune_dead_units(state: PhaseState, task: str, new_units, settings: PhaseSettings):
-    """Removes new units whose incoming weights are all zero, top layer first (Alg. 3).
+    """Removes new units that cannot change any output (:func:`dead_units`), top layer first.
+
+    Alg. 3 removes units with all-zero incoming weights; a unit whose bias keeps it active
+    is kept, and a unit whose outgoing weights are all zero is removed too.
 
     Returns:
       ``(state, removed_per_layer)``.
     """
     net = state.net
-    spec = resolve_task(net.meta, task)
     ids = [[net.meta.layers[layer].ids[i] for i in units] for layer, units in enumerate(new_units)]
     removed = [0] * net.num_layers
     for layer in range(net.num_layers - 1, -1, -1):
@@ -346,12 +414,7 @@ def prune_dead_units(state: PhaseState, task: str, new_units, settings: PhaseSet
         positions = np.asarray([where[u] for u in ids[layer]], np.int64)
         if positions.size == 0:
             continue
-        if layer == 0:
-            w_in = net.params["input_heads"][spec.input_key]["w"]
-        else:
-            w_in = net.params["hidden"][layer]["w"]
-        cols = np.asarray(jax.device_get(w_in))[:, positions]
-        dead = positions[np.all(cols == 0, axis=0)]
+        dead = dead_units(net, layer, positions, task)
         if dead.size and dead.size < net.widths[layer]:
             new_net = remove_units(net, layer, dead)
             opt_state = carry_opt_state(settings, state.opt_state, net, new_net)

@@ -17,7 +17,7 @@ import numpy as np
 
 from den_jax.align import align_tree
 from den_jax.den.phases import PhaseSettings, PhaseState, carry_opt_state, old_task_mask
-from den_jax.network import ExpandableNet
+from den_jax.network import ExpandableNet, resolve_task
 from den_jax.surgery import duplicate_units
 
 __all__ = [
@@ -57,7 +57,11 @@ def unit_drift(net: ExpandableNet, prev: Any, drift_mask: Any) -> list[np.ndarra
 def choose_split_units(
     drift: list[np.ndarray], net: ExpandableNet, task_index: int, threshold: float, cap: int
 ) -> list[np.ndarray]:
-    """Old units (stamp < task) with drift > ``threshold``, most drifted first, <= ``cap``."""
+    """Old units (stamp < task) with drift > ``threshold`` (sigma), most drifted first.
+
+    ``cap`` (units per layer) is a safety limit; compare ``len(chosen[l])`` with the number
+    of units over ``threshold`` to see whether it was hit.
+    """
     chosen = []
     for layer, rho in enumerate(drift):
         stamps = np.asarray(net.meta.layers[layer].stamps)
@@ -65,6 +69,31 @@ def choose_split_units(
         order = cand[np.argsort(-rho[cand], kind="stable")][:cap]
         chosen.append(np.sort(order))
     return chosen
+
+
+def _hand_over_outgoing(net, params, used, task, chosen) -> None:
+    """Moves the outgoing entries no older task uses from each original to its copy."""
+    spec = resolve_task(net.meta, task)
+    for layer, units in enumerate(chosen):
+        if not units.size:
+            continue
+        width = net.widths[layer]
+        copies = np.arange(width - units.size, width)
+        if layer + 1 < net.num_layers:
+            w = np.array(params["hidden"][layer + 1]["w"])
+            shared = np.asarray(used["hidden"][layer + 1]["w"])[units] != 0
+            w[copies] = np.where(shared, 0.0, w[units])
+            w[units] = np.where(shared, w[units], 0.0)
+            params["hidden"][layer + 1]["w"] = w
+        else:
+            for name, head in params["output_heads"].items():
+                w = np.array(head["w"])
+                if name == spec.name:
+                    w[copies] = w[units]
+                    w[units] = 0.0
+                else:
+                    w[copies] = 0.0  # invisible to older tasks: stored as zeros
+                params["output_heads"][name] = {**head, "w": w}
 
 
 def split_units(
@@ -78,8 +107,21 @@ def split_units(
     """Duplicates ``chosen`` units; originals get ``W^{t-1}`` back, copies keep ``W^t``.
 
     A copy (stamped with the current task, parent id recorded) takes the original's
-    current incoming weights, bias and outgoing weights; the original's incoming weights
-    and bias (the entries older tasks use) are restored from ``prev_params``.
+    current incoming weights and bias, and the outgoing entries no older task uses (see the
+    module docstring); the original's incoming weights and bias (the entries older tasks
+    use) are restored from ``prev_params`` and its outgoing entries no older task uses
+    become zero.
+
+    Args:
+      state: the phase state after retraining.
+      task: the current task's name.
+      chosen: per layer, positions of the units to split.
+      prev_params: ``W^{t-1}`` (parameters of ``prev_net``).
+      prev_net: the network before the current task.
+      settings: phase settings (optimizer-state policy).
+
+    Returns:
+      The new :class:`PhaseState`.
     """
     old = state.net
     net = old
@@ -114,6 +156,7 @@ def split_units(
             )
             for leaf in hp
         }
+    _hand_over_outgoing(net, params, used, task, chosen)
     params = jax.tree.map(jnp.asarray, params)
     net = net.replace(params=params)
     opt_state = carry_opt_state(settings, state.opt_state, old, net)

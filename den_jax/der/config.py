@@ -27,6 +27,7 @@ __all__ = [
     "EPOCH_LOOPS",
     "LEGACY_DEFAULTS",
     "METHODS",
+    "NOTEBOOK_ORDER_SEED",
     "PRESETS",
     "RESUME_MAY_DIFFER",
     "build_config",
@@ -39,11 +40,21 @@ METHODS = ("der", "finetune", "joint")
 BIAS_CORRECTIONS = ("weight_align", "balanced_ft", "none")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 EPOCH_LOOPS = ("auto", "scan", "step")
+OLD_BACKBONES = ("loop", "vmap")
 # May differ when resuming: the scanned epoch and the step loop compute the same model
 # (up to float reduction order).
-RESUME_MAY_DIFFER = ("epoch_loop",)
+RESUME_MAY_DIFFER = ("epoch_loop", "old_backbones")
 # Values of keys added after a checkpoint was written (older configs lack them).
-LEGACY_DEFAULTS = {"compute_dtype": "float32", "epoch_loop": "step"}
+LEGACY_DEFAULTS = {
+    "compute_dtype": "float32",
+    "epoch_loop": "step",
+    "old_backbones": "loop",
+    "mask_grad_scale": 1.0,
+    "mask_init": 1.0,
+    "val_per_class": None,
+}
+# order_seed value meaning "np.random.seed([1993])" (the list seed of the notebook).
+NOTEBOOK_ORDER_SEED = -1993
 # Classes of the datasets :func:`den_jax.data.images.load_data` reads.
 _DATASET_CLASSES = {"cifar100": 100, "fashion_mnist": 10, "mnist": 10}
 
@@ -65,17 +76,26 @@ class DERConfig:
       memory_per_class: exemplars per class (fixed-per-class mode), or None.
       bias_correction: ``"weight_align"``, ``"balanced_ft"`` or ``"none"`` (steps >= 1).
       aux_weight: lambda_a of the auxiliary loss (0 at step 0 whatever this says).
-      order_seed: class-order seed (PyCIL 1993); -1 keeps the natural order.
+      order_seed: class-order seed (PyCIL 1993); -1 keeps the natural order;
+        :data:`NOTEBOOK_ORDER_SEED` (-1993) means ``np.random.seed([1993])`` (list seed).
       seed: training seed (PRNG keys ``fold_in(key(seed), t)``, numpy ``[seed, t]``).
       prune: channel-mask pruning (paper section 3.3).
       prune_lambda: lambda_s of the sparsity loss.
       s_max: largest pruning temperature.
+      mask_grad_scale: factor on the (compensated) embedding gradients before the
+        optimizer, i.e. the embeddings' learning-rate multiplier. HAT's code uses s_max
+        (:mod:`den_jax.der.pruning`); the paper's form is 1.
+      mask_init: initial value of every mask embedding e (sigma(s e) ~ 1 for e > 0).
+      val_per_class: hold out this many training images per class as a validation set
+        and evaluate on it instead of the test split (for tuning); None: test split.
       method: ``"der"``, ``"finetune"`` (one backbone, new data) or ``"joint"`` (one
         backbone, all data seen so far).
       train_per_class, test_per_class: subsample each class to this many images (None: all).
       ft_epochs, ft_temperature: balanced fine-tuning epochs and logit temperature.
       compute_dtype: ``"float32"`` or ``"bfloat16"`` backbone compute while training.
       epoch_loop: ``"scan"``, ``"step"`` or ``"auto"`` (:func:`resolve_epoch_loop`).
+      old_backbones: ``"loop"`` (one apply per frozen backbone; fastest on XLA:CPU) or
+        ``"vmap"`` (equal-width backbones stacked under ``jax.vmap``); same model.
       init_classes: classes of step 0.
       increment: classes of every later step (the last one takes the remainder).
       preset: name of the preset this config came from (recorded only).
@@ -102,6 +122,9 @@ class DERConfig:
     prune: bool = False
     prune_lambda: float = 0.5
     s_max: float = 400.0
+    mask_grad_scale: float = 400.0
+    mask_init: float = 1.0
+    val_per_class: int | None = None
     method: str = "der"
     train_per_class: int | None = None
     test_per_class: int | None = None
@@ -109,6 +132,7 @@ class DERConfig:
     ft_temperature: float = 5.0
     compute_dtype: str = "float32"
     epoch_loop: str = "auto"
+    old_backbones: str = "loop"
     init_classes: int = 10
     increment: int = 10
     preset: str | None = None
@@ -129,17 +153,18 @@ class DERConfig:
             ("ft_epochs", 0),
             ("init_classes", 1),
             ("increment", 1),
-            ("order_seed", -1),
             ("seed", 0),
         ):
             _check_int(name, getattr(self, name), minimum)
-        for name in ("memory_per_class", "train_per_class", "test_per_class"):
+        if self.order_seed != NOTEBOOK_ORDER_SEED:
+            _check_int("order_seed", self.order_seed, -1)
+        for name in ("memory_per_class", "train_per_class", "test_per_class", "val_per_class"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
         for name in ("first_milestones", "later_milestones"):
             for m in getattr(self, name):
                 _check_int(name, m, 0)
-        for name in ("first_lr", "later_lr", "s_max", "ft_temperature"):
+        for name in ("first_lr", "later_lr", "s_max", "ft_temperature", "mask_grad_scale"):
             _check_float(name, getattr(self, name), positive=True)
         for name in ("first_wd", "later_wd", "aux_weight", "prune_lambda"):
             _check_float(name, getattr(self, name), positive=False)
@@ -148,13 +173,17 @@ class DERConfig:
             ("bias_correction", BIAS_CORRECTIONS),
             ("compute_dtype", tuple(COMPUTE_DTYPES)),
             ("epoch_loop", EPOCH_LOOPS),
+            ("old_backbones", OLD_BACKBONES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"DERConfig.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}"
                 )
-        if not isinstance(self.prune, bool):
-            raise ValueError(f"DERConfig.prune must be a bool, got {self.prune!r}")
+        for name in ("prune",):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"DERConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.mask_init, (int, float)) or isinstance(self.mask_init, bool):
+            raise ValueError(f"DERConfig.mask_init must be a number, got {self.mask_init!r}")
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ValueError(f"DERConfig.dataset must be a non-empty string, got {self.dataset!r}")
         if self.init_classes > self.num_classes:
@@ -226,6 +255,20 @@ PRESETS: dict[str, DERConfig] = {
     "b0_5": DERConfig(init_classes=20, increment=20, preset="b0_5"),
     "b50_10": DERConfig(init_classes=50, increment=10, preset="b50_10"),
     "smoke": DERConfig(**_SMOKE, preset="smoke"),
+    # The user's notebook: ``np.random.seed([1993])`` (a list seed: order 43, 92, 14, 57, 89,
+    # ... ; see ``den_jax.data.splits``), 4 steps of 25 classes, the same optimizer settings
+    # at every step (SGD lr 0.1, x0.1 at epochs 60/120/170, wd 5e-4), 201 epochs at step 0
+    # and 171 later, 2000 exemplars.
+    "notebook": DERConfig(
+        init_classes=25,
+        increment=25,
+        first_epochs=201,
+        later_epochs=171,
+        later_milestones=(60, 120, 170),
+        later_wd=5e-4,
+        order_seed=NOTEBOOK_ORDER_SEED,
+        preset="notebook",
+    ),
 }
 
 

@@ -1,12 +1,19 @@
 """Evaluation of a DER state: predictions, accuracies and continual-learning metrics.
 
 All metrics are pure functions of predictions or of the accuracy matrix
-``R[t, j]`` = top-1 accuracy after step t on the classes of step j (PyCIL
-``trainer.py`` definitions):
+``R[t, j]`` = top-1 accuracy after step t on the classes of step j. Two families,
+under distinct names in ``results.json``:
 
-* average incremental accuracy = mean over steps of the top-1 on all seen classes;
-* forgetting after step t = mean over j < t of ``max_{j<=k<t} R[k, j] - R[t, j]``:
-  :func:`den_jax.metrics.forgetting` on :func:`square_matrix` of the rows.
+* ours: average incremental accuracy = mean over steps of the top-1 on all seen
+  classes (PyCIL and the paper report the same); ``forgetting`` after step t =
+  mean over j < t of ``max_{j<=k<t} R[k, j] - R[t, j]`` (Chaudhry et al. 2018, by
+  step; :func:`den_jax.metrics.forgetting` on :func:`square_matrix`);
+  :func:`grouped_accuracy` (one group per step on small streams).
+* PyCIL's, reproduced with their quirks: :func:`pycil_grouped_accuracy`
+  (``utils/toolkit.py`` ``accuracy``) and :func:`pycil_forgetting` (``trainer.py``).
+
+NME (nearest mean of exemplars, PyCIL ``models/base.py``): :func:`class_means` and
+:func:`nme_scores`.
 """
 
 from __future__ import annotations
@@ -21,10 +28,14 @@ from den_jax.der import augment, model, pruning
 
 __all__ = [
     "average_incremental_accuracy",
+    "class_means",
     "evaluate_state",
     "grouped_accuracy",
     "make_predict",
+    "nme_scores",
     "predict_all",
+    "pycil_forgetting",
+    "pycil_grouped_accuracy",
     "square_matrix",
     "task_accuracies",
     "topk_accuracy",
@@ -98,6 +109,113 @@ def grouped_accuracy(
     return out
 
 
+def pycil_grouped_accuracy(
+    pred: np.ndarray, labels: np.ndarray, nb_old: int, increment: int = 10
+) -> dict[str, float]:
+    """PyCIL's ``utils/toolkit.accuracy`` exactly, quirks included.
+
+    ``total`` = round(100 mean(pred == y), 2); for ``c`` in ``range(0, max(y), increment)``
+    the group ``"cc-(c+increment-1)"`` = round(100 mean over ``c <= y < c + increment``, 2);
+    ``old`` = the same over ``y < nb_old``; ``new`` over ``y >= nb_old``.
+
+    Quirks (PyCIL's, kept): (1) the groups run over ``range(0, max(y), increment)``, so
+    when the largest label is a multiple of ``increment`` (e.g. 11 classes, top label 10)
+    the last group is dropped; (2) ``old`` is 0 (not absent) at the first step, when no
+    label is below ``nb_old``; (3) groups are blocks of ``increment`` classes whatever the
+    step sizes are (PyCIL calls it with the default 10).
+
+    Args:
+      pred: top-1 predictions ``[N]``.
+      labels: labels ``[N]`` (positions in the class order).
+      nb_old: classes seen before this step.
+      increment: group size (PyCIL's default 10).
+
+    Returns:
+      dict with ``total``, the group keys, ``old`` and ``new`` (percent, 2 decimals).
+    """
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    r = lambda sel: float(np.around(np.sum(pred[sel] == labels[sel]) * 100 / np.sum(sel), 2))
+    out = {"total": r(np.ones(len(labels), bool))}
+    for c in range(0, int(np.max(labels)), increment):
+        out[f"{c:02d}-{c + increment - 1:02d}"] = r((labels >= c) & (labels < c + increment))
+    old = labels < nb_old
+    out["old"] = 0.0 if not old.any() else r(old)
+    out["new"] = r(~old)
+    return out
+
+
+def pycil_forgetting(grouped_rows: Sequence[dict]) -> float:
+    """PyCIL ``trainer.py``'s forgetting from the grouped accuracies of every step.
+
+    Row t = the values of the keys containing ``"-"`` of step t's
+    :func:`pycil_grouped_accuracy`, sorted by key; the rows are zero-padded into a
+    ``[T, T]`` table ``A`` and transposed (``A[g, t]`` = group g after step t). Then
+    ``F = mean_{g < T-1} ( max_{0<=t<T} A[g, t] - A[g, T-1] )``.
+
+    Quirks (PyCIL's, kept): the max runs over every step *including the last* (so each
+    term is >= 0) and over the zero padding; the rows are 10-class groups, not steps
+    (they coincide for B0-10); a row with more than T groups does not fit the table
+    (PyCIL's numpy assignment fails; here: ValueError); T = 1 gives nan (mean of nothing).
+
+    Args:
+      grouped_rows: :func:`pycil_grouped_accuracy` dicts, one per step so far.
+
+    Returns:
+      The forgetting in percent points.
+    """
+    t = len(grouped_rows)
+    table = np.zeros((t, t))
+    for i, g in enumerate(grouped_rows):
+        vals = [g[k] for k in sorted(k for k in g if "-" in k)]
+        if len(vals) > t:
+            raise ValueError(f"step {i} has {len(vals)} groups, more than the {t} steps")
+        table[i, : len(vals)] = vals
+    table = table.T
+    if t == 1:
+        return float("nan")
+    return float(np.mean((np.max(table, axis=1) - table[:, t - 1])[: t - 1]))
+
+
+def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """PyCIL's exemplar means: ``normalise(mean_i normalise(f_i))`` per class.
+
+    Every feature is L2-normalised (``f / (||f|| + 1e-8)``), averaged over the class's
+    exemplars, and the mean normalised again (PyCIL ``_construct_exemplar`` /
+    ``_reduce_exemplar``; test transform only, no flipped copies). Classes without
+    exemplars get a zero row.
+
+    Args:
+      features: ``[N, D]`` features of the exemplars (the final model, eval mode).
+      labels: ``[N]`` their labels.
+      num_classes: rows of the result.
+
+    Returns:
+      float64 ``[num_classes, D]``.
+    """
+    f = np.asarray(features, np.float64)
+    f = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-8)
+    out = np.zeros((num_classes, f.shape[1]))
+    for c in range(num_classes):
+        sel = labels == c
+        if sel.any():
+            m = f[sel].mean(0)
+            out[c] = m / np.linalg.norm(m)
+    return out
+
+
+def nme_scores(features: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Negative squared distances of normalised features to the class means (PyCIL NME).
+
+    ``-|| f / (||f|| + 1e-8) - mu_c ||^2`` (PyCIL ``_eval_ncm``: ``cdist(..., "sqeuclidean")``,
+    ranked by the smallest distance), so :func:`topk_accuracy` on the result is the NME
+    top-k accuracy.
+    """
+    f = np.asarray(features, np.float64)
+    f = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-8)
+    d = np.sum(f**2, 1)[:, None] - 2 * f @ means.T + np.sum(means**2, 1)[None, :]
+    return -d
+
+
 def task_accuracies(pred: np.ndarray, labels: np.ndarray, boundaries: Sequence[int]) -> list[float]:
     """Accuracy on the classes of every step so far: row t of the accuracy matrix.
 
@@ -133,6 +251,7 @@ def evaluate_state(
     images: np.ndarray,
     labels: np.ndarray,
     boundaries: Sequence[int],
+    means: np.ndarray | None = None,
 ) -> dict:
     """All per-step metrics on the test images of the seen classes.
 
@@ -141,15 +260,26 @@ def evaluate_state(
       state: DER state.
       images, labels: test set restricted to seen classes (labels = order positions).
       boundaries: cumulative class counts of the steps so far.
+      means: exemplar class means ``[seen, D]`` (:func:`class_means`) for NME, or None.
 
     Returns:
-      ``{"top1", "top5", "grouped", "task_acc"}``.
+      ``{"top1", "top5", "grouped", "task_acc", "pycil_grouped"}``, plus with ``means``
+      ``"nme_top1"``, ``"nme_top5"``, ``"nme_task_acc"``, ``"nme_pycil_grouped"``.
     """
-    logits, _ = predict_all(predict, state, images)
+    logits, feats = predict_all(predict, state, images)
     pred = np.argmax(logits, axis=1)
-    return {
+    out = {
         "top1": topk_accuracy(logits, labels, 1),
         "top5": topk_accuracy(logits, labels, 5),
         "grouped": grouped_accuracy(pred, labels, state.num_old),
         "task_acc": task_accuracies(pred, labels, boundaries),
+        "pycil_grouped": pycil_grouped_accuracy(pred, labels, state.num_old),
     }
+    if means is not None:
+        scores = nme_scores(feats, means)
+        nme_pred = np.argmax(scores, axis=1)
+        out["nme_top1"] = topk_accuracy(scores, labels, 1)
+        out["nme_top5"] = topk_accuracy(scores, labels, 5)
+        out["nme_task_acc"] = task_accuracies(nme_pred, labels, boundaries)
+        out["nme_pycil_grouped"] = pycil_grouped_accuracy(nme_pred, labels, state.num_old)
+    return out

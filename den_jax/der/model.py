@@ -48,6 +48,7 @@ __all__ = [
     "init_mask_embeddings",
     "linear_init",
     "old_features",
+    "OLD_BACKBONES",
     "param_counts",
     "trainable",
     "with_trainable",
@@ -212,34 +213,45 @@ def _stack_trees(trees: list) -> dict:
     return jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
 
-def old_features(state: DERState, x: jax.Array, compute_dtype: Any = jnp.float32) -> jax.Array:
+OLD_BACKBONES = ("loop", "vmap")
+
+
+def old_features(
+    state: DERState, x: jax.Array, compute_dtype: Any = jnp.float32, mode: str = "loop"
+) -> jax.Array:
     """Phi_{t-1}(x): concatenated features of the frozen backbones, ``[B, F*(t-1)]``.
 
-    Backbones with equal ``old_inner_widths`` (all of them without pruning) are
-    stacked along a new leading axis and run as one ``jax.vmap``-ed ResNet
-    (XLA turns the batched convolutions into grouped ones); a width that occurs
-    once runs on its own. Features are concatenated in the original backbone
-    order, so the result equals the per-backbone loop up to float reduction order.
-    ``state.old`` keeps its tuple layout (checkpoints depend on it); the stack is
-    built inside the traced function.
+    ``mode="loop"`` (default) runs one ResNet apply per frozen backbone inside
+    the traced function. ``mode="vmap"`` stacks backbones with equal
+    ``old_inner_widths`` along a new leading axis and runs them as one
+    ``jax.vmap``-ed ResNet (XLA turns the batched convolutions into grouped
+    ones, about 8x slower than the loop on XLA:CPU, see docs/benchmarks.md); a
+    width that occurs once runs on its own. Both concatenate in the original
+    backbone order and agree up to float reduction order.
 
     Args:
       state: the DER state.
       x: normalised images ``[B, H, W, C]``.
       compute_dtype: compute dtype of the backbones (features are float32).
+      mode: ``"loop"`` or ``"vmap"``.
 
     Returns:
       float32 features ``[B, F * len(state.old)]`` under ``stop_gradient``.
     """
     chex.assert_rank(x, 4)
+    if mode not in OLD_BACKBONES:
+        raise ValueError(f"old_backbones must be one of {OLD_BACKBONES}, got {mode!r}")
     if not state.old:
         return jnp.zeros((x.shape[0], 0), jnp.float32)
     groups: dict[tuple, list[int]] = {}
     for i, widths in enumerate(state.old_inner_widths):
-        groups.setdefault(tuple(widths), []).append(i)
+        key = (i,) if mode == "loop" else tuple(widths)
+        groups.setdefault(key, []).append(i)
     feats: list[jax.Array | None] = [None] * len(state.old)
-    for widths, members in groups.items():
-        net = resnet.ResNet32(state.base_width, widths, dtype=compute_dtype)
+    for members in groups.values():
+        net = resnet.ResNet32(
+            state.base_width, state.old_inner_widths[members[0]], dtype=compute_dtype
+        )
         if len(members) == 1:
             feats[members[0]] = net.apply(state.old[members[0]], x, train=False)
             continue
@@ -257,6 +269,7 @@ def forward(
     train: bool,
     masks: tuple | None = None,
     compute_dtype: Any = jnp.float32,
+    old_backbones: str = "loop",
 ) -> tuple[jax.Array, jax.Array, jax.Array, dict]:
     """DER forward pass.
 
@@ -268,6 +281,7 @@ def forward(
       compute_dtype: compute dtype of all backbones (float32 default, bfloat16 for
         mixed precision). Parameters, BN statistics, features, heads and logits
         stay float32.
+      old_backbones: how the frozen backbones run, see :func:`old_features`.
 
     Returns:
       ``(logits [B, num_total], aux_logits [B, num_new+1], features [B, F*t],
@@ -281,7 +295,7 @@ def forward(
     else:
         new_feat = net.apply(state.new, x, train=False, masks=masks)
         new_bs = state.new["batch_stats"]
-    u = jnp.concatenate([old_features(state, x, compute_dtype), new_feat], axis=-1)
+    u = jnp.concatenate([old_features(state, x, compute_dtype, old_backbones), new_feat], axis=-1)
     logits = u @ state.fc["kernel"] + state.fc["bias"]
     seen = jnp.arange(state.num_total) < state.num_seen
     logits = jnp.where(seen, logits, NEG)

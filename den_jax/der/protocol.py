@@ -117,9 +117,9 @@ def restore_state(
       ``(state, memory, meta)``; ``meta["results"]`` holds the results saved with it.
     """
     if step is None:
-        step = ckpt.latest_step(directory)
+        step = ckpt.latest_verified_step(directory)
         if step is None:
-            raise ValueError(f"no completed checkpoint step in {directory!r}")
+            raise ValueError(f"no checkpoint step in {directory!r} verifies")
     meta = ckpt.restore_meta(directory, step)
     shape = meta.get("image_shape") or image_shape
     if shape is None:
@@ -182,6 +182,18 @@ def _append(results: dict, report: dict) -> None:
     results["grouped"].append(report["grouped"])
     results["acc_matrix"].append(report["task_acc"])
     results["forgetting"].append(_forgetting(results["acc_matrix"]))
+    results.setdefault("pycil_grouped", []).append(report["pycil_grouped"])
+    results.setdefault("pycil_forgetting", []).append(
+        evaluate.pycil_forgetting(results["pycil_grouped"])
+    )
+    if "nme_top1" in report:
+        for k in ("nme_top1", "nme_top5"):
+            results.setdefault(f"{k}_curve", []).append(report[k])
+        results.setdefault("nme_acc_matrix", []).append(report["nme_task_acc"])
+        results.setdefault("nme_pycil_grouped", []).append(report["nme_pycil_grouped"])
+        results["nme_avg_incremental_accuracy"] = evaluate.average_incremental_accuracy(
+            results["nme_top1_curve"]
+        )
     results["params"].append(report["params"])
     results["avg_incremental_accuracy"] = evaluate.average_incremental_accuracy(
         results["top1_curve"]
@@ -231,11 +243,18 @@ def run_protocol(
         raise ValueError(f"batch_size {cfg.batch_size} not divisible by {dev.mesh.size} devices")
     results = _new_results(cfg, data, dev.mesh.size)
     state, mem, start = None, {}, 0
-    done = ckpt.latest_step(ckpt_dir)
-    if done is not None and not resume:
+    completed = ckpt.completed_steps(ckpt_dir)
+    if completed and not resume:
         raise ValueError(
-            f"{ckpt_dir} already holds step {done}: pass --resume (resume=True) or a new --out"
+            f"{ckpt_dir} already holds steps {completed}: pass --resume (resume=True) or a new "
+            "--out"
         )
+    done = ckpt.latest_verified_step(ckpt_dir) if completed else None
+    for s in completed:
+        if done is None or s > done:
+            ckpt.move_aside_step(ckpt_dir, s, "newer than the last good step")
+    if completed and done is None:
+        _log.warning("no checkpoint step in %s verifies: starting from step 0", ckpt_dir)
     if done is not None:
         check_resume_config(ckpt.restore_meta(ckpt_dir, done)["config"], cfg)
         state, mem, meta = restore_state(ckpt_dir, cfg, step=done, image_shape=data.image_shape)

@@ -6,7 +6,15 @@ paper's description (adapted from HAT, Serra et al. 2018):
 * mask m_l = sigma(s * e_l) per output channel, e_l learned with the weights;
 * s annealed within every epoch: s_b = 1/s_max + (s_max - 1/s_max)(b-1)/(B-1)
   for batch b = 1..B;
-* gradient compensation g'_e = sigma(e)(1-sigma(e)) / (s sigma(se)(1-sigma(se))) g_e;
+* gradient compensation g'_e = sigma(e)(1-sigma(e)) / (s sigma(se)(1-sigma(se))) g_e,
+  i.e. g'_e = sigma'(e) dL/dm: :func:`mask` is a ``jax.custom_vjp`` whose backward
+  returns exactly this product (no division, no recomputed sigma'(s e)), so it is
+  correct for every s e in float32 and bfloat16 (the autodiff-then-divide form is 0/0
+  once sigma(s e) saturates, s e > ~17 in float32). Choice: the VJP is the paper's form
+  (factor 1). HAT's code also multiplies by s_max (its ``smax/s * (cosh(s e)+1)/(cosh(e)+1)``
+  equals ``s_max sigma'(e)/(s sigma'(s e))``); here that factor is a separate gradient
+  scale on the embeddings applied in the optimizer (``DERConfig.mask_grad_scale``), so the
+  paper's gradient and the embeddings' effective learning rate are named apart;
 * sparsity loss L_S = sum_l K_l ||m_{l-1}||_1 ||m_l||_1 / sum_l K_l c_{l-1} c_l,
   total loss L_ER + lambda_s * L_S;
 * after the step, binarise the masks (e > 0 <=> sigma(s_max e) > 1/2) and drop
@@ -31,9 +39,11 @@ from den_jax.der import resnet
 __all__ = [
     "EMB_CLIP",
     "anneal_s",
+    "backbone_macs",
     "binary_masks",
     "clip_embeddings",
     "compensate_grads",
+    "mask",
     "masks_from_embeddings",
     "materialise",
     "sparsity_loss",
@@ -49,9 +59,43 @@ def anneal_s(batch_index: int, num_batches: int, s_max: float) -> float:
     return 1.0 / s_max + (s_max - 1.0 / s_max) * batch_index / (num_batches - 1)
 
 
+@jax.custom_vjp
+def mask(e: jax.Array, s: jax.Array) -> jax.Array:
+    """m = sigma(s * e) with the compensated gradient d m / d e := sigma'(e) (paper, 3.3).
+
+    The backward pass maps the cotangent ``g = dL/dm`` to ``sigma(e) sigma(-e) g`` for
+    ``e`` (= sigma'(e) dL/dm, the paper's g'_e, computed without a division) and to 0 for
+    ``s`` (a schedule, not a parameter). Works in the dtype of ``e``.
+
+    Args:
+      e: embeddings, any shape.
+      s: temperature (scalar, may be traced).
+
+    Returns:
+      The soft mask, same shape and dtype as ``e``.
+    """
+    return jax.nn.sigmoid(jnp.asarray(s, e.dtype) * e)
+
+
+def _mask_fwd(e, s):
+    return mask(e, s), (e, s)
+
+
+def _mask_bwd(res, g):
+    e, s = res
+    # sigma(e) sigma(-e) is sigma'(e) without cancellation; float32 inside, one rounding.
+    e32 = e.astype(jnp.float32)
+    de = g.astype(jnp.float32) * (jax.nn.sigmoid(e32) * jax.nn.sigmoid(-e32))
+    return de.astype(e.dtype), jnp.zeros_like(s)
+
+
+mask.defvjp(_mask_fwd, _mask_bwd)
+
+
 def masks_from_embeddings(mask_e, s) -> tuple:
-    """m_l = sigma(s * e_l) for every block."""
-    return tuple(jax.nn.sigmoid(s * e) for e in mask_e)
+    """m_l = sigma(s * e_l) for every block, with the compensated gradient (:func:`mask`)."""
+    s = jnp.asarray(s, jnp.float32)
+    return tuple(mask(e, s) for e in mask_e)
 
 
 def binary_masks(mask_e) -> tuple:
@@ -78,16 +122,53 @@ def sparsity_loss(masks, base_width: int) -> jax.Array:
     return num / den
 
 
-def compensate_grads(grads_e, mask_e, s, eps: float = 1e-12) -> tuple:
-    """HAT-style gradient compensation for the embeddings (see module docstring)."""
+def compensate_grads(grads_e, mask_e, s) -> tuple:
+    """The identity: :func:`mask`'s VJP already returns the compensated gradient.
 
-    def one(g, e):
-        sig_e = jax.nn.sigmoid(e)
-        se = jnp.clip(s * e, -50.0, 50.0)
-        sig_se = jax.nn.sigmoid(se)
-        return g * sig_e * (1 - sig_e) / (s * sig_se * (1 - sig_se) + eps)
+    Kept so that callers written for the earlier two-stage form (autodiff, then
+    divide by s sigma'(s e)) keep working; the division path is gone.
 
-    return tuple(one(g, e) for g, e in zip(grads_e, mask_e))
+    Args:
+      grads_e: gradients of the embeddings (already compensated).
+      mask_e, s: unused.
+
+    Returns:
+      ``grads_e`` as a tuple.
+    """
+    del mask_e, s
+    return tuple(grads_e)
+
+
+def backbone_macs(
+    base_width: int,
+    inner_widths=None,
+    *,
+    in_channels: int = 3,
+    image_size: int = 32,
+) -> int:
+    """Multiply-accumulates of one ResNet-32 forward pass of one image (convolutions only).
+
+    Stem ``H W 9 c_in w``; block i: conv1 ``H_i W_i 9 c_in_i k_i``, conv2 ``H_i W_i 9 k_i
+    c_out_i`` with ``k_i`` its (possibly pruned) inner width and ``H_i`` the block's output
+    size (SAME padding, stride 2 at the first block of stages 2 and 3). BN, ReLU, pooling
+    and the heads are left out (< 1% here). FLOPs = 2 MACs.
+
+    Args:
+      base_width: first-stage channels.
+      inner_widths: 15 inner widths (None = unpruned).
+      in_channels, image_size: input images ``[image_size, image_size, in_channels]``.
+
+    Returns:
+      MACs per image (0.06886e9 for the unpruned width-16 net on 32x32x3).
+    """
+    inner = tuple(inner_widths or resnet.full_inner_widths(base_width))
+    h = image_size
+    macs = h * h * 9 * in_channels * base_width
+    for i, ((ci, co), k) in enumerate(zip(_block_io(base_width, in_channels), inner)):
+        if i in (resnet.BLOCKS_PER_STAGE, 2 * resnet.BLOCKS_PER_STAGE):
+            h = -(-h // 2)
+        macs += h * h * 9 * (ci * k + k * co)
+    return int(macs)
 
 
 def clip_embeddings(mask_e) -> tuple:

@@ -29,11 +29,18 @@ from tqdm import tqdm
 
 from den_jax.data import splits
 from den_jax.data.images import StreamData
-from den_jax.der import bias_correction, evaluate, memory, model, pruning, train
-from den_jax.der.config import COMPUTE_DTYPES, DERConfig, resolve_epoch_loop, step_schedule
+from den_jax.der import bias_correction, evaluate, memory, model, pruning, resnet, train
+from den_jax.der.config import (
+    COMPUTE_DTYPES,
+    NOTEBOOK_ORDER_SEED,
+    DERConfig,
+    resolve_epoch_loop,
+    step_schedule,
+)
 
 __all__ = [
     "DeviceData",
+    "class_order",
     "learn_step",
     "make_stream",
     "place_train_data",
@@ -72,11 +79,36 @@ def make_stream(cfg: DERConfig, train_split, test_split, *, mean=None, std=None)
         test_per_class=cfg.test_per_class,
         seed=cfg.seed,
     )
+    notebook = cfg.order_seed == NOTEBOOK_ORDER_SEED
+    if notebook:
+        kw["order_seed"] = -1  # natural order first; the list-seed order is applied below
     if np.asarray(train_split[0]).dtype == np.uint8:
         if mean is None or std is None:
             raise ValueError("uint8 images need mean and std (or pass normalised float images)")
-        return StreamData.from_uint8(train_split, test_split, mean=mean, std=std, **kw)
-    return StreamData.from_float(train_split, test_split, **kw)
+        data = StreamData.from_uint8(train_split, test_split, mean=mean, std=std, **kw)
+    else:
+        data = StreamData.from_float(train_split, test_split, **kw)
+    if notebook:
+        order = class_order(cfg)
+        data = data._replace(
+            y_train=splits.remap_labels(data.y_train, order),
+            y_test=splits.remap_labels(data.y_test, order),
+            class_order=order,
+        )
+    return data
+
+
+def class_order(cfg: DERConfig) -> np.ndarray:
+    """The class order of the run: PyCIL's ``np.random.seed(order_seed)`` permutation.
+
+    ``order_seed == NOTEBOOK_ORDER_SEED`` gives ``np.random.seed([1993])`` (a list seed, as
+    the notebook passes ``"seed": [1993]``): 43, 92, 14, 57, 89, ... for 100 classes;
+    ``-1`` the natural order.
+    """
+    if cfg.order_seed == NOTEBOOK_ORDER_SEED:
+        rs = np.random.RandomState([1993])  # same stream as np.random.seed([1993])
+        return rs.permutation(cfg.num_classes).astype(np.int64)
+    return splits.class_order(cfg.num_classes, None if cfg.order_seed < 0 else cfg.order_seed)
 
 
 def place_train_data(data: StreamData, mesh: Mesh | None = None) -> DeviceData:
@@ -143,6 +175,18 @@ def _start_step(state, key, data: StreamData, cfg: DERConfig, t: int) -> model.D
     return model.add_classes(state, key, data.sizes[t])
 
 
+def _scale_mask_grads(factor: float) -> optax.GradientTransformation:
+    """Multiplies the ``mask_e`` gradients by ``factor`` (HAT's s_max); others unchanged."""
+
+    def update(updates, state, params=None):
+        del params
+        out = dict(updates)
+        out["mask_e"] = jax.tree.map(lambda g: g * factor, updates["mask_e"])
+        return out, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def _pool(mem: dict, data: StreamData, cfg: DERConfig, lo: int, hi: int) -> np.ndarray:
     if cfg.method == "joint":
         return splits.indices_in_range(data.y_train, 0, hi)
@@ -179,15 +223,39 @@ def _train_epochs(state, fns, tx, dev: DeviceData, pool, key, rng, cfg, t, epoch
     return state, history
 
 
-def _param_counts(state: model.DERState) -> dict:
+def _param_counts(state: model.DERState, image_shape: tuple[int, int, int]) -> dict:
+    """Parameter counts, and with masks the pruning figures of the step's backbone.
+
+    Keys: ``all``, ``trainable``, ``backbones`` (per backbone, pruned where pruned),
+    ``backbones_total`` and ``macs`` (MACs per image of all backbones, pruned), plus with
+    masks ``all_unpruned``, ``backbone_params_before``/``backbone_params_after`` (the
+    step's backbone before and after materialisation), ``kept_channels`` (15 inner
+    widths after), ``full_channels`` (before), ``macs_unpruned`` and ``flops`` (2 MACs).
+    """
+    h, _, c = image_shape
     counts = model.param_counts(state)
     frozen = pruned_backbone(state)
+    widths = [tuple(w) for w in state.old_inner_widths] + [None]
     if frozen is not None:
         pruned_bb = sum(x.size for x in jax.tree.leaves(frozen[0]["params"]))
         counts["all_unpruned"] = counts["all"]
+        counts["backbone_params_before"] = counts["backbones"][-1]
+        counts["backbone_params_after"] = int(pruned_bb)
         counts["all"] = counts["all"] - counts["backbones"][-1] + pruned_bb
-        counts["backbones"][-1] = pruned_bb
+        counts["backbones"][-1] = int(pruned_bb)
         counts["pruned_inner_widths"] = list(frozen[1])
+        counts["kept_channels"] = list(frozen[1])
+        counts["full_channels"] = list(resnet.full_inner_widths(state.base_width))
+        counts["macs_unpruned"] = sum(
+            pruning.backbone_macs(state.base_width, w, in_channels=c, image_size=h)
+            for w in widths[:-1] + [None]
+        )
+        widths[-1] = tuple(frozen[1])
+    counts["backbones_total"] = int(sum(counts["backbones"]))
+    counts["macs"] = sum(
+        pruning.backbone_macs(state.base_width, w, in_channels=c, image_size=h) for w in widths
+    )
+    counts["flops"] = 2 * counts["macs"]
     return counts
 
 
@@ -221,6 +289,9 @@ def learn_step(
     Returns:
       ``(state, memory, report)``; the JSON-friendly report holds ``step``, ``num_seen``,
       ``top1``, ``top5``, ``grouped``, ``task_acc`` (row t of the accuracy matrix),
+      ``pycil_grouped`` (PyCIL's grouped accuracy, quirks included), with DER's memory
+      ``nme_top1``, ``nme_top5``, ``nme_task_acc``, ``nme_pycil_grouped`` (nearest mean of
+      exemplars, PyCIL's definition),
       ``params``, ``weight_align_gamma`` (None unless aligned), ``pool_size``,
       ``steps_per_epoch``, ``epochs`` (mean metrics per epoch) and ``seconds``.
     """
@@ -232,6 +303,8 @@ def learn_step(
     k_init, k_train, k_ft = jax.random.split(key, 3)
     rng = np.random.default_rng([cfg.seed, t])
     state = _start_step(state, k_init, data, cfg, t)
+    if state.mask_e is not None and cfg.mask_init != 1.0:
+        state = state.replace(mask_e=model.init_mask_embeddings(cfg.base_width, cfg.mask_init))
     lo, hi = (0 if t == 0 else data.bounds[t - 1]), data.bounds[t]
     pool = _pool(mem, data, cfg, lo, hi)
     sched = step_schedule(cfg, t)
@@ -245,6 +318,8 @@ def learn_step(
             weight_decay=sched["weight_decay"],
             decay_mask=train.decay_mask_for(model.trainable(state)),
         )
+        if state.mask_e is not None and cfg.mask_grad_scale != 1.0:
+            tx = optax.chain(_scale_mask_grads(cfg.mask_grad_scale), tx)
     elif isinstance(optimizer, optax.GradientTransformation):
         tx = optimizer
     else:
@@ -292,12 +367,18 @@ def learn_step(
         groups = {c: splits.indices_in_range(data.y_train, c, c + 1) for c in range(lo, hi)}
         feats = lambda idx: evaluate.predict_all(predict, state, data.x_train[idx])[1]
         mem = memory.update_memory(mem, groups, feats, quota)
-    ev = _evaluate(predict, state, data, cfg, hi, t)
+    means = None
+    if cfg.method == "der" and mem:
+        idx = memory.memory_indices(mem)
+        # The memory's features with the final model (PyCIL: after the exemplar update).
+        mem_feats = evaluate.predict_all(predict, state, data.x_train[idx])[1]
+        means = evaluate.class_means(mem_feats, data.y_train[idx], hi)
+    ev = _evaluate(predict, state, data, cfg, hi, t, means)
     report = dict(
         step=t,
         num_seen=hi,
         **ev,
-        params=_param_counts(state),
+        params=_param_counts(state, data.image_shape),
         weight_align_gamma=gamma,
         pool_size=int(len(pool)),
         steps_per_epoch=steps_per_epoch,
@@ -318,11 +399,13 @@ def learn_step(
     return state, mem, report
 
 
-def _evaluate(predict, state, data: StreamData, cfg: DERConfig, hi: int, t: int) -> dict:
-    """top1/top5/grouped/task_acc on the test images of the seen classes."""
+def _evaluate(
+    predict, state, data: StreamData, cfg: DERConfig, hi: int, t: int, means=None
+) -> dict:
+    """top1/top5/grouped/task_acc (and NME with ``means``) on the seen classes' test images."""
     sel = splits.indices_in_range(data.y_test, 0, hi)
     x, y = data.x_test[sel], data.y_test[sel]
-    ev = evaluate.evaluate_state(predict, state, x, y, data.bounds[: t + 1])
+    ev = evaluate.evaluate_state(predict, state, x, y, data.bounds[: t + 1], means)
     if cfg.num_classes < 50:  # small streams: one group per step instead of per 10 classes
         pred = np.argmax(evaluate.predict_all(predict, state, x)[0], 1)
         ev["grouped"] = evaluate.grouped_accuracy(pred, y, state.num_old, group=cfg.increment)

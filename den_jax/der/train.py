@@ -147,6 +147,7 @@ def _make_step_body(
     prune_lambda: float,
     aug: dict | None,
     compute_dtype: Any,
+    old_backbones: str = "loop",
 ) -> Callable:
     """The un-jitted per-batch update shared by the step and the scanned epoch.
 
@@ -168,7 +169,12 @@ def _make_step_body(
             if st.mask_e is not None:
                 masks = pruning.masks_from_embeddings(p["mask_e"], s)
             logits, aux_logits, _, new_bs = model.forward(
-                st, x, train=True, masks=masks, compute_dtype=compute_dtype
+                st,
+                x,
+                train=True,
+                masks=masks,
+                compute_dtype=compute_dtype,
+                old_backbones=old_backbones,
             )
             loss, parts = model.der_loss(logits, aux_logits, y, state.num_old, aux_weight)
             if masks is not None:
@@ -198,6 +204,7 @@ def make_train_step(
     prune_lambda: float = 0.0,
     aug: dict | None = None,
     compute_dtype: Any = jnp.float32,
+    old_backbones: str = "loop",
     donate: bool | None = None,
     wrap: Callable[[Callable], Callable] | None = None,
 ) -> Callable:
@@ -220,6 +227,8 @@ def make_train_step(
       compute_dtype: compute dtype of the backbones (``jnp.bfloat16`` for mixed
         precision; changes the numbers). Parameters, optimizer state, logits and
         loss stay float32.
+      old_backbones: ``"loop"`` (default; fastest on XLA:CPU) or ``"vmap"``, see
+        :func:`den_jax.der.model.old_features`.
       donate: donate ``state`` and ``opt_state`` (deleted by the call); None =
         donate unless the backend is the CPU (see :func:`resolve_donate`).
       wrap: test hook applied to the python step before ``jax.jit`` (e.g.
@@ -236,6 +245,7 @@ def make_train_step(
         prune_lambda=prune_lambda,
         aug=aug,
         compute_dtype=compute_dtype,
+        old_backbones=old_backbones,
     )
     return _jit(body, donate, wrap)
 
@@ -249,6 +259,7 @@ def make_train_epoch(
     prune_lambda: float = 0.0,
     aug: dict | None = None,
     compute_dtype: Any = jnp.float32,
+    old_backbones: str = "loop",
     donate: bool | None = None,
     wrap: Callable[[Callable], Callable] | None = None,
 ) -> Callable:
@@ -264,8 +275,9 @@ def make_train_epoch(
     per-batch values, ``{name: [S]}``; :func:`run_epoch_scanned` averages them.
 
     Args:
-      tx, aux_weight, mean, std, prune_lambda, aug, compute_dtype: as in
-        :func:`make_train_step`.
+      tx, aux_weight, mean, std, prune_lambda, aug, compute_dtype, old_backbones:
+        as in :func:`make_train_step`. The frozen backbones are closed over by
+        the scanned body, not carried through the scan.
       donate: donate ``state`` and ``opt_state``; None = unless on CPU.
       wrap: test hook applied to the python epoch function before ``jax.jit``.
 
@@ -280,24 +292,33 @@ def make_train_epoch(
         prune_lambda=prune_lambda,
         aug=aug,
         compute_dtype=compute_dtype,
+        old_backbones=old_backbones,
     )
 
     def epoch(state, opt_state, data_x, data_y, idx, key, s_values):
         chex.assert_rank(idx, 2)
         chex.assert_shape(s_values, (idx.shape[0],))
 
+        old = state.old  # frozen: closed over, not part of the carry
+
         def scan_step(carry, xs):
             b, batch_idx, s = xs
             st, opt, metrics = body(
-                carry[0], carry[1], data_x, data_y, batch_idx, jax.random.fold_in(key, b), s
+                carry[0].replace(old=old),
+                carry[1],
+                data_x,
+                data_y,
+                batch_idx,
+                jax.random.fold_in(key, b),
+                s,
             )
-            return (st, opt), metrics
+            return (st.replace(old=()), opt), metrics
 
         steps = jnp.arange(idx.shape[0], dtype=jnp.int32)
         (state, opt_state), metrics = jax.lax.scan(
-            scan_step, (state, opt_state), (steps, idx, s_values)
+            scan_step, (state.replace(old=()), opt_state), (steps, idx, s_values)
         )
-        return state, opt_state, metrics
+        return state.replace(old=old), opt_state, metrics
 
     return _jit(epoch, donate, wrap)
 
@@ -361,10 +382,12 @@ def run_epoch(
       key: PRNG key of this epoch (folded with the batch index).
       mesh: device mesh.
       s_max: pruning s_max (annealed over the epoch), None without pruning.
-      on_batch: called with host metrics after every batch (progress bars).
+      on_batch: called with the batch's *device* metrics after every dispatch
+        (progress bars); reading them (``float``) syncs, so count batches instead.
 
     Returns:
-      ``(state, opt_state, mean metrics over the epoch)``.
+      ``(state, opt_state, mean metrics over the epoch)``. Metrics stay on the
+      device until the epoch ends and are read back with one ``device_get``.
     """
     state, opt_state = replicate((state, opt_state), mesh)
     per_batch, sizes = [], []
@@ -378,12 +401,13 @@ def run_epoch(
             jax.random.fold_in(key, b),
             jnp.float32(_s_value(b, len(batches), s_max)),
         )
-        m = {k: float(v) for k, v in metrics.items()}
-        per_batch.append(m)
+        per_batch.append(metrics)
         sizes.append(len(idx))
         if on_batch is not None:
-            on_batch(m)
-    return state, opt_state, _epoch_mean(per_batch, sizes)
+            on_batch(metrics)
+    host = jax.device_get(per_batch)  # the epoch's one host sync
+    host = [{k: float(v) for k, v in m.items()} for m in host]
+    return state, opt_state, _epoch_mean(host, sizes)
 
 
 def run_epoch_scanned(

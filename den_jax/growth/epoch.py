@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from den_jax.data.checks import check_finite, check_labels, check_targets
 from den_jax.growth.history import History
 from den_jax.losses import get_loss
 from den_jax.masks import trainable_mask
@@ -61,8 +62,10 @@ class TrainerConfig:
         Targets are integer labels ``[B]`` (classification) or ``[B, d_out]``
         (regression: targets ``[N]`` are reshaped to ``[N, 1]``), e.g.
         ``den_jax.losses.huber``. :func:`check_loss_fn` checks it before training.
-      nan_policy: on a non-finite training loss, ``"stop"`` (keep the last good state and
-        record why in ``history.stopped``) or ``"raise"`` (``FloatingPointError``).
+      nan_policy: on a non-finite training or validation loss, ``"raise"`` (default:
+        ``FloatingPointError`` naming the task, phase, epoch and step; nothing non-finite
+        is kept or checkpointed) or ``"stop"`` (keep the last good state and record why
+        in ``history.stopped``).
       seed: seeds the per-epoch shuffles.
     """
 
@@ -72,7 +75,7 @@ class TrainerConfig:
     batch_size: int = 32
     dropout: float = 0.0
     loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None
-    nan_policy: str = "stop"
+    nan_policy: str = "raise"
     seed: int = 0
 
     def __post_init__(self):
@@ -203,43 +206,52 @@ def epoch_fn(config: TrainerConfig, task: str):
 
 
 def check_data(
-    config: TrainerConfig, net: ExpandableNet, task: str, x, y
+    config: TrainerConfig, net: ExpandableNet, task: str, x, y, *, split: str = "training"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validates and converts a dataset for ``task``; raises ``ValueError`` on bad input.
+
+    NaN/Inf inputs, labels that are not integers in ``[0, output_dim)`` and non-finite
+    regression targets are refused (:mod:`den_jax.data.checks`), naming the split, the task
+    and the first offending index.
+
+    Args:
+      config: the trainer config (``problem``).
+      net: the network (the task's input and output widths).
+      task: the task the data is for.
+      x: inputs ``[N, d_in]``.
+      y: labels ``[N]`` (classification) or targets ``[N]``/``[N, d_out]`` (regression).
+      split: which data this is (``"training"``, ``"validation"``, ``"evaluation"``).
 
     Returns:
       ``x`` as float32 ``[N, d_in]``; ``y`` as int32 ``[N]`` (classification) or float32
       ``[N, d_out]`` (regression).
     """
     spec = resolve_task(net.meta, task)
-    x = np.asarray(x, np.float32)
+    where = f"{split} data of task {task!r}"
+    x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != spec.input_dim:
         raise ValueError(
-            f"x must have shape [N, {spec.input_dim}] for task {task!r}, got {x.shape}"
+            f"{where}: x must have shape [N, {spec.input_dim}] for task {task!r}, got {x.shape}"
         )
     if x.shape[0] == 0:
-        raise ValueError("x is empty; expected at least one example")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("x contains NaN or infinite values; expected finite inputs")
+        raise ValueError(f"{where}: x is empty; expected at least one example")
+    check_finite(x, what=f"{where}: x")
+    x = np.asarray(x, np.float32)
+    check_finite(x, what=f"{where}: x (as float32)")  # values beyond float32's range
     y = np.asarray(y)
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
+    if y.ndim == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"{where}: x has {x.shape[0]} examples but y has shape {y.shape}")
     if config.problem == "classification":
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(
-                f"classification labels must be integers of shape [N], got {y.dtype} {y.shape}"
-            )
-        if y.min() < 0 or y.max() >= spec.output_dim:
-            raise ValueError(
-                f"labels must lie in 0..{spec.output_dim - 1} (task {task!r} has {spec.output_dim} "
-                f"outputs), got range {int(y.min())}..{int(y.max())}"
-            )
+        check_labels(y, spec.output_dim, what=f"{where}: y")
         return x, y.astype(np.int32)
+    if not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating):
+        raise ValueError(f"{where}: regression targets must be real numbers, got {y.dtype}")
     y = y.astype(np.float32).reshape(x.shape[0], -1)
     if y.shape[1] != spec.output_dim:
-        raise ValueError(f"regression targets must have {spec.output_dim} column(s), got {y.shape}")
-    if not np.all(np.isfinite(y)):
-        raise ValueError("y contains NaN or infinite values; expected finite targets")
+        raise ValueError(
+            f"{where}: regression targets must have {spec.output_dim} column(s), got {y.shape}"
+        )
+    check_targets(y, spec.output_dim, what=f"{where}: y")
     return x, y
 
 

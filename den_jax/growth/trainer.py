@@ -26,6 +26,7 @@ import numpy as np
 
 from den_jax.align import grow_opt_state
 from den_jax.capacity import count_params
+from den_jax.data.checks import check_labels
 from den_jax.growth.checkpointing import save_checkpoint
 from den_jax.growth.epoch import (
     TrainerConfig,
@@ -156,7 +157,8 @@ def train(
     Raises:
       ValueError: bad data, or a ``config.loss_fn`` that does not return a scalar for
         outputs ``[B, d_out]`` and the targets (:func:`~den_jax.growth.epoch.check_loss_fn`).
-      FloatingPointError: a non-finite loss with ``nan_policy="raise"`` (names the epoch).
+      FloatingPointError: a non-finite training or validation loss with
+        ``nan_policy="raise"`` (the default), naming the task, phase, epoch and steps.
     """
     if not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
@@ -166,7 +168,7 @@ def train(
     check_loss_fn(config, state.net, state.task, x, y)
     if validation is not None:
         xv, yv = as_arrays(validation, f"validation data of task {state.task!r}")
-        validation = check_data(config, state.net, state.task, xv, yv)
+        validation = check_data(config, state.net, state.task, xv, yv, split="validation")
     if enable_growth:
         strategy = strategy if strategy is not None else LossPlateau()
         if not isinstance(strategy, GrowthStrategy):
@@ -177,14 +179,20 @@ def train(
     for _ in range(int(epochs)):
         epoch = state.epoch
         xb, yb, steps = epoch_batches(config, epoch, x, y)
+        before = state
         net, opt_state, loss, gnorm, lnorms = run_epoch(
             state.net, state.opt_state, jax.random.fold_in(state.key, epoch), xb, yb
         )
         loss, gnorm = float(loss), float(gnorm)
         if not (np.isfinite(loss) and np.isfinite(gnorm)):
-            msg = f"non-finite training loss ({loss}) at epoch {epoch}"
+            what = "gradient norm" if np.isfinite(loss) else "training loss"
+            msg = (
+                f"non-finite {what} (loss {loss}, gradient norm {gnorm}) in task "
+                f"{state.task!r}, phase training, epoch {epoch} (steps {state.step + 1}.."
+                f"{state.step + steps})"
+            )
             if config.nan_policy == "raise":
-                raise FloatingPointError(msg)
+                raise FloatingPointError(msg + "; nothing of this epoch was kept")
             _log.warning("%s; stopping with the state from before this epoch", msg)
             return dataclasses.replace(
                 state, history=state.history.stop(msg + "; kept the last good state")
@@ -203,7 +211,19 @@ def train(
             "params": count_params(state.net),
         }
         if validation is not None:
-            metrics.update({f"val_{k}": v for k, v in evaluate(state, config, *validation).items()})
+            val = evaluate(state, config, *validation)
+            if not np.isfinite(val["loss"]):
+                msg = (
+                    f"non-finite validation loss ({val['loss']}) in task {state.task!r}, phase "
+                    f"validation, after epoch {epoch} (step {state.step})"
+                )
+                if config.nan_policy == "raise":
+                    raise FloatingPointError(msg)
+                _log.warning("%s; stopping with the state from before this epoch", msg)
+                return dataclasses.replace(
+                    before, history=before.history.stop(msg + "; kept the last good state")
+                )
+            metrics.update({f"val_{k}": v for k, v in val.items()})
         if enable_growth:
             s_state, decision = decide(strategy, metrics, state.strategy_state, epoch)
             state = dataclasses.replace(state, strategy_state=s_state)
@@ -249,7 +269,7 @@ def evaluate(
     task = task or state.task
     if y is None:
         x, y = as_arrays(x, f"evaluation data of task {task!r}")
-    x, y = check_data(config, state.net, task, x, y)
+    x, y = check_data(config, state.net, task, x, y, split="evaluation")
     out = outputs(state, x, task)
     loss_fn = config.loss_fn or default_loss(config.problem)
     result = {"loss": float(loss_fn(out, jnp.asarray(y)))}
@@ -300,7 +320,18 @@ def continual_learning(
         new_x_arr, new_y_arr = np.asarray(new_x), np.asarray(new_y)
         if output_dim is None:
             if config.problem == "classification":
+                what = f"new data of task {new_task!r}: y"
+                check_labels(new_y_arr, np.iinfo(np.int64).max, what=what)
                 output_dim = int(new_y_arr.max()) + 1
+                missing = np.setdiff1d(np.arange(output_dim), new_y_arr)
+                if missing.size:  # a stray label 99 would otherwise make a 100-class head
+                    first = int(np.argmax(new_y_arr == output_dim - 1))
+                    raise ValueError(
+                        f"{what}: class(es) {', '.join(map(str, missing[:5].tolist()))}"
+                        f"{', ...' if missing.size > 5 else ''} never occur while label "
+                        f"{output_dim - 1} does (first at index {first}); expected the "
+                        "consecutive ids 0..C-1, or pass output_dim"
+                    )
             else:
                 output_dim = 1 if new_y_arr.ndim == 1 else int(new_y_arr.shape[1])
         key = jax.random.fold_in(state.key, 2_000_003 + state.epoch)
