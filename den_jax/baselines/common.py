@@ -17,12 +17,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from den_jax.data.checks import check_finite, check_targets
 from den_jax.losses import LOSSES, Loss, get_loss
 from den_jax.masks import trainable_mask
 from den_jax.network import SHARED_INPUT, ExpandableNet, apply, resolve_task
-from den_jax.training import Optimizer, evaluate_loss, resolve_optimizer, train_steps
+from den_jax.training import (
+    Optimizer,
+    as_arrays,
+    evaluate_loss,
+    resolve_optimizer,
+    train_steps,
+)
 
 __all__ = [
+    "check_task_data",
     "LOSS_ALIASES",
     "BaselineConfig",
     "loss_of",
@@ -257,3 +265,28 @@ def validation_loss(
         return batch_loss(apply(ExpandableNet(params=params, meta=meta), xb, name), yb)
 
     return evaluate_loss(loss_fn, net.params, x, y)
+
+
+def check_task_data(net: ExpandableNet, task: str, cfg: Any, train: Any, valid: Any):
+    """Validates a learner's common arguments; returns ``(train, valid)`` as arrays.
+
+    Args:
+      net: the network holding ``task``.
+      task: the task's name.
+      cfg: must be a :class:`BaselineConfig`.
+      train: ``(x, y)`` or an iterable of batches.
+      valid: the same, or ``None``.
+
+    Returns:
+      ``(train, valid)`` as ``(x, y)`` array pairs (``valid`` may be ``None``).
+    """
+    spec = resolve_task(net.meta, task)
+    if not isinstance(cfg, BaselineConfig):
+        raise ValueError(f"cfg must be a BaselineConfig, got {type(cfg).__name__}")
+    train = as_arrays(train, f"train data of task {task!r}")
+    valid = None if valid is None else as_arrays(valid, f"valid data of task {task!r}")
+    for split, data in (("train", train), ("valid", valid)):
+        if data is not None:
+            check_finite(data[0], what=f"{split} data of task {task!r}: x")
+            check_targets(data[1], spec.output_dim, what=f"{split} data of task {task!r}: y")
+    return train, valid

@@ -37,14 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from den_jax.baselines.common import (
-    BaselineConfig,
+    check_task_data,
     shared_params,
     train_task,
     validation_loss,
 )
-from den_jax.data.checks import check_finite, check_targets
 from den_jax.network import SHARED_INPUT, ExpandableNet, apply, resolve_task
-from den_jax.training import as_arrays
 
 __all__ = [
     "BASELINES",
@@ -74,25 +72,11 @@ def _report(net, task, valid, cfg, train_report, phase, state=None, loss=None) -
     }
 
 
-def _check(net: ExpandableNet, task: str, cfg, train, valid) -> tuple[Data, Data | None]:
-    """Validates the common arguments; returns ``train`` and ``valid`` as arrays."""
-    spec = resolve_task(net.meta, task)
-    if not isinstance(cfg, BaselineConfig):
-        raise ValueError(f"cfg must be a BaselineConfig, got {type(cfg).__name__}")
-    train = as_arrays(train, f"train data of task {task!r}")
-    valid = None if valid is None else as_arrays(valid, f"valid data of task {task!r}")
-    for split, data in (("train", train), ("valid", valid)):
-        if data is not None:
-            check_finite(data[0], what=f"{split} data of task {task!r}: x")
-            check_targets(data[1], spec.output_dim, what=f"{split} data of task {task!r}: y")
-    return train, valid
-
-
 def stl_learn_task(
     net, key, task, train: Data, valid: Data | None, cfg, *, state=None, loss=None, optimizer=None
 ):
     """STL: trains a separate network for ``task`` (``net`` should hold only this task)."""
-    train, valid = _check(net, task, cfg, train, valid)
+    train, valid = check_task_data(net, task, cfg, train, valid)
     if len(net.task_names) != 1:
         raise ValueError(
             f"STL trains one network per task; got a network with tasks {list(net.task_names)}"
@@ -105,7 +89,7 @@ def finetune_learn_task(
     net, key, task, train: Data, valid: Data | None, cfg, *, state=None, loss=None, optimizer=None
 ):
     """Fine-tuning: shared layers and the task's heads, no regulariser."""
-    train, valid = _check(net, task, cfg, train, valid)
+    train, valid = check_task_data(net, task, cfg, train, valid)
     net, rep = train_task(
         net, key, task, train, cfg, loss=loss, optimizer=optimizer, method="finetune"
     )
@@ -124,7 +108,7 @@ def l2_learn_task(
     net, key, task, train: Data, valid: Data | None, cfg, *, state=None, loss=None, optimizer=None
 ):
     """L2 transfer: pulls the shared parameters toward their values before this task."""
-    train, valid = _check(net, task, cfg, train, valid)
+    train, valid = check_task_data(net, task, cfg, train, valid)
     first = resolve_task(net.meta, task).index == 0
     prev = shared_params(net.params)
     penalty = None if first else _l2_penalty(cfg.l2_lambda)
@@ -192,7 +176,7 @@ def ewc_learn_task(
     ``state`` is ``None`` before the first task, then ``{"anchor", "fisher"}`` (trees like
     :func:`shared_params`) as returned in the previous report.
     """
-    train, valid = _check(net, task, cfg, train, valid)
+    train, valid = check_task_data(net, task, cfg, train, valid)
     k_train, k_fisher = jax.random.split(key)
     opts = dict(loss=loss, optimizer=optimizer, method="ewc")
     if state is None:

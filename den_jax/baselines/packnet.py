@@ -39,8 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from den_jax.baselines.common import BaselineConfig, loss_of
-from den_jax.baselines.pnn import check_task_data
+from den_jax.baselines.common import BaselineConfig, check_task_data, loss_of
 from den_jax.capacity import count_nonzero_params, count_params
 from den_jax.network import SHARED_INPUT, ExpandableNet, apply, resolve_task, task_params
 from den_jax.training import evaluate_loss, resolve_optimizer, train_steps

@@ -42,44 +42,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from den_jax.baselines.common import BaselineConfig, loss_of
-from den_jax.data.checks import check_finite, check_targets
+from den_jax.baselines.common import BaselineConfig, check_task_data, loss_of
 from den_jax.network import ACTIVATIONS, ExpandableNet, default_kernel_init, resolve_task
-from den_jax.training import as_arrays, evaluate_loss, resolve_optimizer, train_steps
+from den_jax.training import evaluate_loss, resolve_optimizer, train_steps
 
 __all__ = [
-    "check_task_data",
     "init_column",
     "pnn_count",
     "pnn_forward",
     "pnn_learn_task",
     "pnn_predict",
 ]
-
-
-def check_task_data(net: ExpandableNet, task: str, cfg: Any, train: Any, valid: Any):
-    """Validates a learner's common arguments; returns ``(train, valid)`` as arrays.
-
-    Args:
-      net: the network holding ``task``.
-      task: the task's name.
-      cfg: must be a :class:`BaselineConfig`.
-      train: ``(x, y)`` or an iterable of batches.
-      valid: the same, or ``None``.
-
-    Returns:
-      ``(train, valid)`` as ``(x, y)`` array pairs (``valid`` may be ``None``).
-    """
-    spec = resolve_task(net.meta, task)
-    if not isinstance(cfg, BaselineConfig):
-        raise ValueError(f"cfg must be a BaselineConfig, got {type(cfg).__name__}")
-    train = as_arrays(train, f"train data of task {task!r}")
-    valid = None if valid is None else as_arrays(valid, f"valid data of task {task!r}")
-    for split, data in (("train", train), ("valid", valid)):
-        if data is not None:
-            check_finite(data[0], what=f"{split} data of task {task!r}: x")
-            check_targets(data[1], spec.output_dim, what=f"{split} data of task {task!r}: y")
-    return train, valid
 
 
 def _dense(key, shape):
