@@ -13,6 +13,11 @@ and the run uses ``--dataset cifar100`` on it (the real loader, CIFAR-100 normal
 flags. Accuracies on this data mean nothing; the figures are for speed only. With
 ``--data-dir`` pointing at the real ``cifar-100-python.tar.gz`` the same runs are real.
 
+``--stream mnist5`` instead runs the 5-step MNIST stream (``benchmarks/der_protocol_stream.py``)
+through ``experiments.cifar100_der`` and, with ``--torch``, through the eager-PyTorch
+reference protocol ``benchmarks.der_torch_protocol`` in the same invocation, and reports
+per-step seconds, images/s and the step t / step 1 cost per image against 1 + (t-1)/3.
+
 Examples::
 
     # CPU smoke: 1 epoch per step, width 4, 20/10 images per class
@@ -20,6 +25,8 @@ Examples::
         --train-per-class 20 --test-per-class 10 --out benchmarks/results/der_protocol_cpu.json
     # GPU, full PyCIL schedules (long; see docs/benchmarks.md)
     python -m benchmarks.der_protocol --presets seed,b0_10
+    # the MNIST stream, ours and the PyTorch reference side by side (many minutes on 2 cores)
+    python -m benchmarks.der_protocol --stream mnist5 --torch --data-dir ../shared/data/mnist
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from benchmarks import _common
+from benchmarks import _common, der_protocol_stream
+from benchmarks.der_protocol_stream import pool_sizes
 
 NOTE = (
     "Synthetic CIFAR-shaped uint8 data in the CIFAR-100 pickle format (real CIFAR-100 is not "
@@ -47,6 +55,7 @@ NOTE = (
 EXPERIMENT = "experiments.cifar100_der"
 PASS_THROUGH = ("compute_dtype", "epoch_loop")  # optional CLI flags of newer versions
 FAKE_MARKER = "FAKE_CIFAR100.json"
+DEFAULT_MNIST_DIR = os.path.join("..", "shared", "data", "mnist")  # --stream without --data-dir
 
 
 def write_fake_cifar100(
@@ -104,21 +113,30 @@ def scaled_schedule(preset: dict, scale: float) -> list[str]:
     return args
 
 
-def pool_sizes(cfg: dict, train_per_class: int) -> list[int]:
-    """Training images per epoch of each step: new classes + herding memory (DER)."""
-    from den_jax.data import splits
-    from den_jax.der import memory
-
-    sizes = splits.step_sizes(cfg["num_classes"], cfg["init_classes"], cfg["increment"])
-    bounds = splits.boundaries(sizes)
-    out = []
-    for t, n in enumerate(sizes):
-        mem = 0
-        if t > 0 and cfg["method"] == "der":
-            quota = memory.per_class_quota(cfg["memory"], bounds[t - 1], cfg["memory_per_class"])
-            mem = bounds[t - 1] * min(quota, train_per_class)
-        out.append(n * train_per_class + mem)
-    return out
+def run_logged(cmd: list[str], run_dir: str, timeout_s: float | None, rec: dict) -> dict:
+    """Runs ``cmd``; adds command, return code, wall-clock and the log (``run_dir/log.txt``)."""
+    rec = {**rec, "command": shlex.join(["python", *cmd[1:]])}
+    rec["load_average_before"] = list(os.getloadavg())
+    t0 = time.perf_counter()
+    env = dict(os.environ, TQDM_DISABLE="1")  # keep the epoch summaries, drop progress bars
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+        rec["returncode"] = proc.returncode
+        log = proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as e:
+        rec["returncode"] = None
+        rec["timed_out_after_s"] = timeout_s
+        log = (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(
+            errors="replace"
+        )
+    rec["wall_clock_s"] = time.perf_counter() - t0
+    rec["load_average_after"] = list(os.getloadavg())
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "log.txt"), "w") as f:
+        f.write(log)
+    rec["log"] = os.path.join(run_dir, "log.txt")
+    rec["log_tail"] = log[-4000:]
+    return rec
 
 
 def run_preset(
@@ -149,25 +167,7 @@ def run_preset(
         *schedule_args,
         *extra,
     ]
-    rec: dict = {"preset": preset, "command": shlex.join(["python", *cmd[1:]])}
-    t0 = time.perf_counter()
-    env = dict(os.environ, TQDM_DISABLE="1")  # keep the epoch summaries, drop progress bars
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-        rec["returncode"] = proc.returncode
-        log = proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        rec["returncode"] = None
-        rec["timed_out_after_s"] = timeout_s
-        log = (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(
-            errors="replace"
-        )
-    rec["wall_clock_s"] = time.perf_counter() - t0
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "log.txt"), "w") as f:
-        f.write(log)
-    rec["log"] = os.path.join(run_dir, "log.txt")
-    rec["log_tail"] = log[-4000:]
+    rec = run_logged(cmd, run_dir, timeout_s, {"preset": preset})
     res_path = os.path.join(run_dir, "results.json")
     if os.path.exists(res_path):
         with open(res_path) as f:
@@ -210,13 +210,155 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epoch-loop", choices=("scan", "step"))
     p.add_argument("--extra", default="", help="more flags for the experiment (one string)")
     p.add_argument("--runs-dir", default=os.path.join(tempfile.gettempdir(), "der_protocol_runs"))
-    p.add_argument("--timeout-s", type=float, help="per preset; completed steps are kept")
-    p.add_argument("--out", help="default benchmarks/results/der_protocol_<devicekind>.json")
+    p.add_argument(
+        "--timeout-s",
+        type=float,
+        help="per preset (per side with --stream); completed steps are kept",
+    )
+    p.add_argument(
+        "--out",
+        help="default benchmarks/results/der_protocol_<devicekind>.json "
+        "(--stream: der_protocol_<stream>_<devicekind>.json)",
+    )
+    s = p.add_argument_group(
+        "side-by-side stream (--stream; see benchmarks/der_protocol_stream.py)"
+    )
+    s.add_argument("--stream", choices=sorted(der_protocol_stream.STREAMS), help="run a stream")
+    s.add_argument("--torch", action="store_true", help="also run the PyTorch reference protocol")
+    s.add_argument("--dry-run", action="store_true", help="parse and print both commands only")
+    s.add_argument("--torch-first", action="store_true", help="run the PyTorch side first")
+    s.add_argument("--torch-threads", type=int, help="torch.set_num_threads (default: torch's)")
+    s.add_argument("--init-classes", type=int, help="(mnist5: 2)")
+    s.add_argument("--increment", type=int, help="(mnist5: 2)")
+    s.add_argument("--memory", type=int, help="total exemplars (mnist5: 100)")
+    s.add_argument("--seed", type=int, help="training and subsampling seed (mnist5: 1993)")
+    s.add_argument("--image-size", type=int, help="pad images to this size (mnist5: 32; 28 = none)")
+    s.add_argument(
+        "--prepared-dir",
+        default=os.path.join(tempfile.gettempdir(), "der_protocol_data"),
+        help="where the padded idx files are written (once)",
+    )
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _pass_through(a: argparse.Namespace, keys: Sequence[str]) -> tuple[list[str], dict]:
+    """Flags of ``keys`` the experiment has at this commit, and those it lacks."""
+    flags = supported_flags()
+    extra: list[str] = []
+    skipped: dict[str, str] = {}
+    for k in keys:
+        v = getattr(a, k)
+        if v is None:
+            continue
+        flag = "--" + k.replace("_", "-")
+        if flag in flags:
+            extra += [flag, str(v)]
+        else:
+            skipped[flag] = f"{EXPERIMENT} has no {flag} at this commit; not passed"
+    return extra, skipped
+
+
+def run_stream(a: argparse.Namespace, argv: Sequence[str] | None) -> dict:
+    """``--stream``: our protocol and (``--torch``) the PyTorch reference on one stream."""
+    st = der_protocol_stream
+    if a.epochs_scale is not None:
+        raise SystemExit("--epochs-scale applies to --presets; use --epochs with --stream")
+    s = st.stream_settings(a.stream, {k: getattr(a, k, None) for k in st.OVERRIDABLE})
+    src = a.data_dir or DEFAULT_MNIST_DIR
+    folder = st.data_folder(s, src, a.prepared_dir)
+    root = os.path.join(a.runs_dir, a.stream)
+    jax_dir, torch_json = os.path.join(root, "jax"), os.path.join(root, "torch", "results.json")
+    extra, skipped = ([], {}) if a.dry_run else _pass_through(a, PASS_THROUGH)
+    jax_cmd = st.jax_command(s, folder, jax_dir, extra + shlex.split(a.extra))
+    torch_cmd = st.torch_command(s, folder, torch_json)
+    if a.torch_threads:
+        torch_cmd += ["--threads", str(a.torch_threads)]
+    if a.dry_run:
+        from experiments import cifar100_der
+
+        cfg, _ = cifar100_der.parse_args(jax_cmd[3:])
+        info = {
+            "stream": s,
+            "jax_command": shlex.join(["python", *jax_cmd[1:]]),
+            "torch_command": shlex.join(["python", *torch_cmd[1:]]),
+            "jax_config": cfg.to_dict(),
+            "jax_config_mismatches": st.jax_config_mismatches(s, cfg.to_dict()),
+        }
+        print(json.dumps(info, indent=1))
+        return info
+    prov = _common.provenance(
+        "benchmarks.der_protocol",
+        ["jax", "jaxlib", "flax", "numpy", "torch"],
+        argv,
+    )
+    dev = _common.jax_device_info_subprocess()
+    out = a.out or os.path.join(
+        _common.RESULTS_DIR,
+        f"der_protocol_{a.stream}_{_common.device_slug(dev['device_kind'])}.json",
+    )
+    data = st.prepare_data(s, src, a.prepared_dir)
+    data["ours"] = st.jax_stream_fingerprint(s, data["dir"])
+    result: dict = {
+        **prov,
+        "note": (
+            "Real MNIST, the same stream on both sides; each side runs as its own subprocess, "
+            "one after the other (see order). Step seconds span model set-up to evaluation on "
+            "both sides (ours include XLA compilation); ours also writes an orbax checkpoint "
+            "after every step (in its wall-clock, not in its step seconds), the PyTorch "
+            "reference writes none. The host's cores may be shared with other jobs: see the "
+            "load averages before and after each run."
+        ),
+        "device": dev,
+        "stream": {"name": a.stream, **s},
+        "data": data,
+        "settings": vars(a),
+        "flags_not_supported": skipped,
+        "runs": {},
+    }
+
+    def run_ours() -> dict:
+        print(f"running ours: {shlex.join(jax_cmd[1:])}", flush=True)
+        rec = run_logged(jax_cmd, st.fresh_dir(jax_dir), a.timeout_s, {"side": "den_jax"})
+        ours = st.jax_record(rec, jax_dir, s)
+        if ours.get("config"):
+            ours["config_mismatches"] = st.jax_config_mismatches(s, ours["config"])
+        print(f"ours: rc {ours['returncode']}, {ours['wall_clock_s']:.1f} s", flush=True)
+        return ours
+
+    def run_torch() -> dict:
+        print(f"running torch: {shlex.join(torch_cmd[1:])}", flush=True)
+        run_dir = st.fresh_dir(os.path.dirname(torch_json))
+        rec = run_logged(torch_cmd, run_dir, a.timeout_s, {"side": "torch"})
+        ref = st.torch_record(rec, torch_json)
+        if os.path.exists(torch_json):
+            with open(torch_json) as f:
+                tj = json.load(f)
+            ref["config_mismatches"] = st.torch_config_mismatches(s, tj["config"], tj["settings"])
+        print(f"torch: rc {ref['returncode']}, {ref['wall_clock_s']:.1f} s", flush=True)
+        return ref
+
+    sides = [("den_jax", run_ours)] + ([("torch", run_torch)] if a.torch else [])
+    result["order"] = [name for name, _ in (sides[::-1] if a.torch_first else sides)]
+    for name, fn in sides[::-1] if a.torch_first else sides:
+        result["runs"][name] = fn()
+        _common.write_json(out, result)
+    ours = result["runs"]["den_jax"]
+    if a.torch:
+        ref = result["runs"]["torch"]
+        result["same_class_order"] = ref.get("class_order") == data["ours"]["class_order"]
+        result["same_training_subset"] = (
+            ref.get("train_fingerprint") == data["ours"]["train_fingerprint"]
+        )
+        result["comparison"] = st.compare(ours, ref)
+    result["machine"]["load_average_at_end"] = list(os.getloadavg())
+    print(f"wrote {_common.write_json(out, result)}")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict | None:
     a = parse_args(argv)
+    if a.stream:
+        return run_stream(a, argv)
     from den_jax.der.config import PRESETS  # here: after argparse, so --help is fast
 
     prov = _common.provenance(
@@ -237,18 +379,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         t0 = time.perf_counter()
         data_dir = write_fake_cifar100(a.fake_dir)
         print(f"synthetic CIFAR-100 in {data_dir} ({time.perf_counter() - t0:.1f} s)")
-    flags = supported_flags()
-    extra: list[str] = []
-    skipped: dict[str, str] = {}
-    for k in ("base_width", "batch_size", "train_per_class", "test_per_class", *PASS_THROUGH):
-        v = getattr(a, k)
-        if v is None:
-            continue
-        flag = "--" + k.replace("_", "-")
-        if flag in flags:
-            extra += [flag, str(v)]
-        else:
-            skipped[flag] = f"{EXPERIMENT} has no {flag} at this commit; not passed"
+    keys = ("base_width", "batch_size", "train_per_class", "test_per_class", *PASS_THROUGH)
+    extra, skipped = _pass_through(a, keys)
     extra += shlex.split(a.extra)
     result: dict = {
         **prov,

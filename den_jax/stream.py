@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from den_jax import checkpoint, metrics
+from den_jax import budget, checkpoint, metrics
 from den_jax.baselines import BASELINES, Method
 from den_jax.baselines.packnet import (
     packnet_count,
@@ -226,6 +226,7 @@ def run_stream(
     optimizer: Any = None,
     eval_split: str = "test",
     callbacks: Sequence[Callable[[TaskEnd], None]] = (),
+    steps_per_task: Sequence[int] | None = None,
 ) -> dict:
     """Trains ``method`` on every task of ``tasks`` in order; evaluates after each task.
 
@@ -246,12 +247,17 @@ def run_stream(
         passed to the learner (default: the config's Adam schedule).
       eval_split: ``"test"`` (report) or ``"valid"`` (model selection).
       callbacks: called with a :class:`TaskEnd` after each task (and its checkpoint).
+      steps_per_task: optimizer steps for each task (e.g. what DEN spent on it, for
+        baselines at equal budget; :func:`den_jax.budget.with_budget`); ``None``: the
+        config's own steps. Saved with the checkpoints; a resume with another is refused.
 
     Returns:
       A JSON-friendly dict: ``accuracy_matrix``, ``auroc_matrix``, ``avg_accuracy``,
       ``forgetting``, ``bwt``, ``auroc`` (mean over tasks after the last one),
       ``final_accuracy``, parameters and units (final, per task, after each task),
-      ``capacity_vs_stl``, ``stl_params``, ``seconds`` and ``tasks_report``.
+      ``capacity_vs_stl``, ``stl_params``, ``seconds``, ``steps_per_task`` (optimizer
+      steps spent on each task, from the task reports), ``budget`` (``steps_per_task``
+      as given, or ``None``) and ``tasks_report``.
 
     Raises:
       ValueError: on bad arguments, an occupied ``checkpoint_dir`` without ``resume``, or
@@ -266,6 +272,9 @@ def run_stream(
         raise ValueError(f"hidden widths must be positive integers, got {hidden}")
     key = jax.random.fold_in(jax.random.key(seed), _method_salt(m.name))
     T = len(stream)
+    steps = None if steps_per_task is None else budget.check_budget(steps_per_task, T)
+    if steps is not None:
+        budget.with_budget(m.name, cfg, steps[0])  # refuses methods without a budget
     run_config = dict(run_config or {})
     acc: list = [[None] * T for _ in range(T)]
     auc: list = [[None] * T for _ in range(T)]
@@ -298,6 +307,11 @@ def run_stream(
         if saved["stream"]["method"] != m.name:
             raise ValueError(
                 f"{checkpoint_dir!r} holds method {saved['stream']['method']!r}, not {m.name!r}"
+            )
+        if saved["stream"].get("budget") != steps:
+            raise ValueError(
+                f"{checkpoint_dir!r} was run with steps_per_task "
+                f"{saved['stream'].get('budget')}, not {steps}; choose a new directory"
             )
         if m.separate_networks:
             for i in range(good + 1):
@@ -336,13 +350,14 @@ def run_stream(
             kwargs["loss"] = loss
         if optimizer is not None:
             kwargs["optimizer"] = optimizer
+        task_cfg = cfg if steps is None else budget.with_budget(m.name, cfg, steps[i])
         net, report = m.learn_task(
             net,
             jax.random.fold_in(key, i),
             task.name,
             (task.x_train, task.y_train),
             (task.x_valid, task.y_valid),
-            cfg,
+            task_cfg,
             **kwargs,
         )
         report = dict(report)
@@ -372,6 +387,7 @@ def run_stream(
                         "method": m.name,
                         "separate_networks": m.separate_networks,
                         "state": None if state is None else describe_tree(state),
+                        "budget": steps,
                     },
                     "accuracy_matrix": acc,
                     "auroc_matrix": auc,
@@ -387,7 +403,9 @@ def run_stream(
         end = TaskEnd(m.name, i, task.name, summary, list(acc[i][: i + 1]), int(params), units, net)
         for cb in callbacks:
             cb(end)
-    return _results(stream, acc, auc, reports, sizes, nets, m, hidden, state)
+    res = _results(stream, acc, auc, reports, sizes, nets, m, hidden, state)
+    res["budget"] = steps
+    return res
 
 
 def _results(stream, acc, auc, reports, sizes, nets, m: Method, hidden, state=None) -> dict:
@@ -425,6 +443,7 @@ def _results(stream, acc, auc, reports, sizes, nets, m: Method, hidden, state=No
             "capacity_vs_stl": metrics.capacity_ratio(total, stl),
             "stl_params": stl,
             "seconds": float(sum(r["summary"]["seconds"] for r in reports)),
+            "steps_per_task": [budget.report_steps(r["report"]) for r in reports],
             "tasks_report": reports,
         }
     )

@@ -7,15 +7,23 @@ Usage::
         --data-dir ../shared/data/mnist --out runs/pmnist
     python -m experiments.den --dataset npz:data.npz --tasks classes:0,1/2,3 --method den ...
     python -m experiments.den ... --resume        # continue a killed run
+    python -m experiments.den ... --method den,finetune,l2,ewc --budget den \
+        --lambda-grid l2=0.01,0.1,1,10 --lambda-grid ewc=10,100,1000,10000 --seeds 0,1,2
 
 Per method, one orbax checkpoint per task in ``OUT/checkpoints/METHOD/`` (library:
 :func:`den_jax.stream.run_stream`); ``OUT/results.json`` is rewritten after each method;
 ``OUT/run.json`` records what the folder holds (another run into it is refused).
+``--budget den`` gives every method that takes a step budget (the baselines, ``dnn_l1``,
+``mtl``) DEN's optimizer steps on each task (:mod:`den_jax.budget`); ``--lambda-grid``
+chooses L2's / EWC's strength on the validation split (:mod:`den_jax.lambda_search`,
+runs in ``OUT/lambda_search/METHOD/``); ``--seeds`` runs each seed into ``OUT/seed_K/``
+and writes mean ± std per method to ``OUT/results.json`` and ``OUT/comparison.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -27,7 +35,7 @@ import yaml
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from den_jax import checkpoint, comparison, plots, runs, stream
+from den_jax import budget, checkpoint, comparison, lambda_search, plots, runs, stream
 from den_jax.baselines import BaselineConfig
 from den_jax.data.tasks import make_stream, stream_fingerprint
 from den_jax.den.config import DENConfig, config_from_dict
@@ -53,8 +61,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--eval-split", choices=stream.EVAL_SPLITS, default="test",
                    help="accuracy matrix on: test (report) or valid (model selection)")  # fmt: skip
+    p.add_argument("--seeds", help="comma-separated seeds (e.g. 0,1,2): one run per seed in "
+                   "OUT/seed_K, mean ± std per method in OUT/results.json")  # fmt: skip
+    p.add_argument("--budget", default="fixed", choices=BUDGETS,
+                   help="fixed: each config's steps; den: the baselines, dnn_l1 and mtl get "
+                   "DEN's optimizer steps on each task (DEN runs first)")  # fmt: skip
+    p.add_argument("--lambda-grid", action="append", default=[], metavar="METHOD=V1,V2,...",
+                   help="choose l2's / ewc's lambda on the validation split from these "
+                   "values (repeat per method; a bare METHOD takes its default grid), then run "
+                   "the test split with the best")  # fmt: skip
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p.parse_args(argv)
+
+
+BUDGETS = ("fixed", "den")
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (distinct non-negative integers)."""
+    parts = [s.strip() for s in spec.split(",")]
+    if not parts or not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+        raise ValueError(
+            f"bad --seeds {spec!r}: expected distinct non-negative integers, e.g. 0,1,2"
+        )
+    return [int(p) for p in parts]
 
 
 def parse_methods(spec: str) -> list[str]:
@@ -115,7 +145,72 @@ def load_configs(path: str | None) -> tuple[DENConfig, BaselineConfig]:
 
 
 def run(args: argparse.Namespace) -> dict:
+    """One run into ``args.out``, or with ``--seeds`` one per seed and their mean ± std."""
+    if getattr(args, "seeds", None):
+        return run_seeds(args)
+    return run_one(args)
+
+
+def run_seeds(args: argparse.Namespace) -> dict:
+    """Runs every seed of ``--seeds`` into ``OUT/seed_K``; aggregates into ``OUT``.
+
+    The lambda grid (``--lambda-grid``) is searched on the first seed's validation split;
+    the other seeds use the values it chose.
+    """
+    if args.seed is not None:
+        raise ValueError("give either --seed or --seeds, not both")
+    seeds = parse_seeds(args.seeds)
+    parse_methods(args.method)  # fail before any run
+    lambda_search.parse_lambda_grid(args.lambda_grid)
+    top_info = {"seeds": seeds, "dataset": args.dataset, "task_spec": args.tasks,
+                "hidden": parse_hidden(args.hidden), "eval_split": args.eval_split}  # fmt: skip
+    top = runs.open_run_folder(args.out, top_info, resume=args.resume)
+    per_seed, chosen = {}, {}
+    for k in seeds:
+        sub = copy.copy(args)
+        sub.seeds, sub.seed, sub.out = None, k, os.path.join(args.out, f"seed_{k}")
+        sub.fixed_lambda = dict(chosen)
+        if chosen:
+            sub.lambda_grid = []
+        res = run_one(sub)
+        per_seed[k] = res["methods"]
+        if not chosen:
+            chosen = {m: s["best"] for m, s in res.get("lambda_search", {}).items()}
+    agg = comparison.aggregate_seeds(per_seed)
+    top.update({**top_info, "folders": {str(k): f"seed_{k}" for k in seeds},
+                "lambda": chosen, "aggregate": agg})  # fmt: skip
+    top["methods"] = {
+        m: {key: v for key, v in row.items() if isinstance(v, dict) and "mean" in v}
+        for m, row in agg.items()
+    }
+    checkpoint.write_json_atomic(os.path.join(args.out, "results.json"), top)
+    title = f"{args.dataset}, seeds {','.join(map(str, seeds))}"
+    with open(os.path.join(args.out, "comparison.md"), "w", encoding="utf-8") as f:
+        f.write(comparison.markdown_seed_table(agg, title=title))
+    for m, row in agg.items():
+        acc, fg = row.get("avg_accuracy"), row.get("forgetting")
+        if acc and fg:
+            print(f"== {m} over {len(row['seeds'])} seeds: avg_accuracy={acc['mean']:.4f} ± "
+                  f"{acc['std']:.4f} forgetting={fg['mean']:.4f} ± {fg['std']:.4f}")  # fmt: skip
+    return top
+
+
+def _den_steps(results: dict) -> list | None:
+    """DEN's per-task optimizer steps from this folder's results (``None``: no DEN run)."""
+    den = results.get("methods", {}).get("den")
+    if den is None:
+        return None
+    steps = den.get("steps_per_task") or budget.steps_spent(den)
+    return None if any(s is None for s in steps) else steps
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    """One run (one seed) of the methods of ``args.method`` into ``args.out``."""
     methods, hidden = parse_methods(args.method), parse_hidden(args.hidden)
+    grids = lambda_search.parse_lambda_grid(args.lambda_grid)
+    fixed_lambda = dict(getattr(args, "fixed_lambda", None) or {})
+    if args.budget == "den" and "den" in methods:  # DEN first: its steps are the budget
+        methods = ["den"] + [m for m in methods if m != "den"]
     if args.data_dir is not None and not args.download and not os.path.isdir(args.data_dir):
         raise ValueError(f"--data-dir {args.data_dir!r} is not a directory")
     tasks = make_stream(args.dataset, args.tasks, data_dir=args.data_dir,
@@ -138,17 +233,48 @@ def run(args: argparse.Namespace) -> dict:
     results.update({**run_info, "config_file": config_path})
     results.setdefault("methods", {})
     results_path = os.path.join(args.out, "results.json")
+    unknown = sorted(set(grids) - set(methods))
+    if unknown:
+        raise ValueError(f"--lambda-grid names {unknown}, which --method does not run")
     for name in methods:
         cfg = den_cfg if stream.get_method(name).uses_den_config else base_cfg
+        steps = None
+        if args.budget == "den" and budget.takes_budget(name, cfg):
+            steps = _den_steps(results)
+            if steps is None:
+                raise ValueError(
+                    f"--budget den: method {name!r} needs DEN's per-task steps; add den to "
+                    f"--method or run den into {args.out!r} first"
+                )
+            results["den_steps_per_task"] = steps
         run_config = {**run_info, "method": name, "config": dataclasses.asdict(cfg)}
         for k in ("den_config", "baseline_config", "data_sha256"):
             run_config.pop(k)
+        if steps is not None:
+            run_config["steps_per_task"] = steps
+        common = dict(hidden=hidden, seed=seed, resume=args.resume, steps_per_task=steps)
+        if name in grids:
+            search = lambda_search.select_lambda(
+                name, tasks, cfg, grids[name], run_config=run_config,
+                checkpoint_root=os.path.abspath(os.path.join(args.out, "lambda_search", name)),
+                callbacks=[lambda e: _log_task(e, len(tasks), "valid")], **common,
+            )  # fmt: skip
+            results.setdefault("lambda_search", {})[name] = search
+            checkpoint.write_json_atomic(
+                os.path.join(args.out, "lambda_search.json"), results["lambda_search"]
+            )
+            fixed_lambda[name] = search["best"]
+            print(f"== {name}: lambda {search['best']:g} chosen on validation from "
+                  f"{dict(zip(search['grid'], search['scores']))}")  # fmt: skip
+        if name in fixed_lambda:
+            cfg = lambda_search.with_lambda(name, cfg, fixed_lambda[name])
+            run_config["config"] = dataclasses.asdict(cfg)
+            results.setdefault("lambda", {})[name] = fixed_lambda[name]
         bar = tqdm(total=len(tasks), desc=name, leave=False)
         res = stream.run_stream(
-            name, tasks, cfg, hidden=hidden, seed=seed, resume=args.resume,
+            name, tasks, cfg, eval_split=args.eval_split, run_config=run_config,
             checkpoint_dir=os.path.abspath(os.path.join(args.out, "checkpoints", name)),
-            run_config=run_config, eval_split=args.eval_split,
-            callbacks=[lambda e, bar=bar: (bar.update(1), _log_task(e, len(tasks)))],
+            callbacks=[lambda e, bar=bar: (bar.update(1), _log_task(e, len(tasks)))], **common,
         )  # fmt: skip
         bar.close()
         results["methods"][name] = res
@@ -157,7 +283,7 @@ def run(args: argparse.Namespace) -> dict:
         print(
             f"== {name}: avg_accuracy={res['avg_accuracy']:.4f} forgetting={res['forgetting']:.4f}"
             f" bwt={res['bwt']:.4f} auroc={res['auroc']:.4f} params={res['params']} "
-            f"({100 * res['capacity_vs_stl']:.1f}% of STL)"
+            f"({100 * res['capacity_vs_stl']:.1f}% of STL) steps={sum(res['steps_per_task'])}"
         )
     if not args.no_plots:
         done = results["methods"]
@@ -178,11 +304,12 @@ def run(args: argparse.Namespace) -> dict:
     return results
 
 
-def _log_task(e: stream.TaskEnd, num_tasks: int) -> None:
+def _log_task(e: stream.TaskEnd, num_tasks: int, split: str = "") -> None:
     s = e.summary
     loss = "n/a" if s["loss"] is None else f"{s['loss']:.4f}"
+    tag = f"{e.method} ({split})" if split else e.method
     tqdm.write(
-        f"[{e.method}] task {e.index + 1}/{num_tasks} {e.name}: phase={s['phase']} loss={loss} "
+        f"[{tag}] task {e.index + 1}/{num_tasks} {e.name}: phase={s['phase']} loss={loss} "
         f"units_added={s['units_added']} split={s['split']} pruned={s['pruned']} "
         f"acc={e.accuracy_row[-1]:.4f} avg_acc={sum(e.accuracy_row) / len(e.accuracy_row):.4f} "
         f"units={e.units} params={e.params} ({s['seconds']:.1f}s)"

@@ -51,3 +51,13 @@ def test_accuracy_vs_params_plot(tmp_path):
     res = {"a": result([0.9, 0.8], [10, 20]), "b": result([0.7, 0.9], [15, 15])}
     path = plots.plot_accuracy_vs_params(res, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 1000 and path.endswith("p.png")
+
+
+def test_growth_label_names_quadratic_growth():
+    """A column per task plus adapters from every earlier column grows quadratically."""
+    col, lateral = 1000, 300
+    pnn = [sum(col + lateral * i for i in range(t + 1)) for t in range(10)]
+    assert comparison.growth_label(pnn) == "quadratic"
+    assert comparison.growth_label([col * (t + 1) for t in range(10)]) == "linear"
+    assert comparison.growth_label([100, 110, 400, 410, 420, 900]) == "dynamic"
+    assert comparison.growth_label([1000, 1001, 1002, 1003]) == "fixed"

@@ -66,11 +66,12 @@ def _loop_old_features(state: model.DERState, x: jax.Array) -> jax.Array:
 def _train_fns(prune: bool, donate: bool, step: int):
     """Optimizer, step and epoch functions, built once per process (compiles are shared).
 
-    The step may trace once per batch shape (full and partial), the epoch once.
+    The step traces once (a partial last batch is padded to the full shape), the epoch
+    once.
     """
     tx = train.make_optimizer(lr=0.01, milestones=[1], steps_per_epoch=3, weight_decay=5e-4)
     kw = dict(aux_weight=float(step > 0), mean=MEAN, std=STD, prune_lambda=0.5, donate=donate)
-    step_fn = train.make_train_step(tx, **kw, wrap=lambda f: chex.assert_max_traces(f, n=2))
+    step_fn = train.make_train_step(tx, **kw, wrap=lambda f: chex.assert_max_traces(f, n=1))
     epoch_fn = train.make_train_epoch(tx, **kw, wrap=lambda f: chex.assert_max_traces(f, n=1))
     return tx, step_fn, epoch_fn
 
@@ -98,7 +99,7 @@ def _fingerprint(state: model.DERState, opt_state) -> dict:
 
 
 def _no_step(*args):
-    raise AssertionError("the step function must not run without a partial batch")
+    raise AssertionError("the epoch function must not run on refused batches")
 
 
 class ScannedEpochTest(chex.TestCase):
@@ -109,16 +110,16 @@ class ScannedEpochTest(chex.TestCase):
     @parameterized.named_parameters(
         # Step 1 (a frozen backbone, aux loss), 32 images: batches 16 + 16, all in the scan.
         ("plain", False, False, 1, 32),
-        # Step 0 with channel masks (s annealed), 40 images: 16 + 16 in the scan, then the
-        # partial batch of 8 with the step function (batch index 2 for its key and s).
-        # State and optimizer state are donated in both paths.
+        # Step 0 with channel masks (s annealed), 40 images: 16 + 16 + 8 (padded to 16 with
+        # -1 in both paths; batch index 2 for its key and s). State and optimizer state
+        # are donated in both paths.
         ("pruned_partial_donated", True, True, 0, 40),
     )
     def test_scanned_epoch_equals_step_loop(self, prune, donate, step, n):
         """Two epochs: scanned epoch == step loop (params, BN stats, optimizer, metrics).
 
         The step and epoch functions are wrapped in ``chex.assert_max_traces``: the epoch
-        traces once over both epochs, the step once per batch shape.
+        traces once over both epochs, the step once (the partial batch is padded).
         """
         x, y = _data(N, 2 if step == 0 else 4)
         tx, step_fn, epoch_fn = _train_fns(prune, donate, step)
@@ -139,9 +140,8 @@ class ScannedEpochTest(chex.TestCase):
             before = got
             *ref, m_ref = train.run_epoch(step_fn, *ref, x, y, batches, key, mesh, s_max=s_max)
             *got, m_got = train.run_epoch_scanned(
-                epoch_fn, step_fn if n == 40 else _no_step, *got, x, y, batches, key, mesh,
-                s_max=s_max,
-            )  # fmt: skip
+                epoch_fn, *got, x, y, batches, key, mesh, s_max=s_max
+            )
             # Donated inputs are consumed (JAX implements donation on CPU too).
             self.assertEqual(before[0].new["params"]["conv0"]["kernel"].is_deleted(), donate)
             self.assertEqual(m_got.keys(), m_ref.keys())
@@ -159,11 +159,37 @@ class ScannedEpochTest(chex.TestCase):
 
     def test_unequal_batches_refused(self):
         batches = [np.arange(8, dtype=np.int32), np.arange(16, dtype=np.int32)]
-        with self.assertRaisesRegex(ValueError, "equal batches"):
+        with self.assertRaisesRegex(ValueError, "one size but a smaller last one"):
             train.run_epoch_scanned(
-                _no_step, _no_step, None, None, None, None, batches, jax.random.key(0),
-                train.make_mesh(),
-            )  # fmt: skip
+                _no_step, None, None, None, None, batches, jax.random.key(0), train.make_mesh()
+            )
+
+
+class PaddedBatchTest(chex.TestCase):
+    @parameterized.named_parameters(("plain", False), ("pruned", True))
+    def test_padded_batch_equals_unpadded(self, prune):
+        """8 real rows padded to 16 with -1 == the 8-row batch: params, BN stats, metrics.
+
+        Augmentation is off (its draws depend on the batch shape); the padding rows must
+        stay out of the BatchNorm statistics and the loss.
+        """
+        x, y = _data(N, 4)
+        tx = train.make_optimizer(lr=0.05, milestones=[], steps_per_epoch=1, weight_decay=5e-4)
+        kw = dict(aux_weight=1.0, mean=MEAN, std=STD, prune_lambda=0.5)
+        step = train.make_train_step(tx, **kw, aug=dict(pad=0, flip=False, brightness=0.0))
+        state = _state(prune, step=1)
+        real = np.arange(8, dtype=np.int32) * 3
+        padded, sizes = train.pad_batches([np.arange(16, dtype=np.int32), real])
+        self.assertEqual(sizes, [16, 8])
+        np.testing.assert_array_equal(padded[1], np.concatenate([real, -np.ones(8, np.int32)]))
+        outs = []
+        for idx in (real, padded[1]):
+            st, opt = jax.tree.map(jnp.copy, (state, tx.init(model.trainable(state))))
+            st, opt, m = step(st, opt, x, y, jnp.asarray(idx), jax.random.key(1), 3.0)
+            outs.append((_fingerprint(st, opt), jax.device_get(m)))
+        for k in outs[0][1]:
+            np.testing.assert_allclose(outs[1][1][k], outs[0][1][k], rtol=1e-5, err_msg=k)
+        _assert_trees_close(outs[1][0], outs[0][0], rtol=1e-5)
 
 
 class StackedOldFeaturesTest(chex.TestCase):
@@ -303,7 +329,7 @@ class FeatureExtractionTest(chex.TestCase):
         want_l, want_f = evaluate.predict_all(
             evaluate.make_predict(MEAN, STD), state, np.asarray(x), batch_size=16
         )
-        fn = features.make_extract(MEAN, STD)
+        fn = evaluate.make_predict(MEAN, STD)
         idx = np.arange(N, dtype=np.int32)[::-1]
         got_l, got_f = features.extract(fn, state, x, idx, batch_size=16)  # 16 + 16 + 8 padded
         self.assertEqual(fn._cache_size(), 1)

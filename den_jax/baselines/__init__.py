@@ -14,6 +14,7 @@ from den_jax.baselines.learners import (
     ewc_state_abstract,
     finetune_learn_task,
     l2_learn_task,
+    normalise_fisher,
     stl_learn_task,
 )
 from den_jax.baselines.packnet import (
@@ -33,6 +34,7 @@ __all__ = [
     "ewc_state_abstract",
     "finetune_learn_task",
     "l2_learn_task",
+    "normalise_fisher",
     "packnet_count",
     "packnet_learn_task",
     "packnet_predict",

@@ -30,6 +30,8 @@ from den_jax.training import (
 )
 
 __all__ = [
+    "FISHER_ESTIMATORS",
+    "FISHER_NORMS",
     "check_task_data",
     "LOSS_ALIASES",
     "BaselineConfig",
@@ -40,6 +42,10 @@ __all__ = [
     "validation_loss",
 ]
 
+#: ``BaselineConfig.fisher_estimator`` values (:func:`den_jax.baselines.diagonal_fisher`).
+FISHER_ESTIMATORS = ("exact", "sample")
+#: ``BaselineConfig.fisher_norm`` values (:func:`den_jax.baselines.normalise_fisher`).
+FISHER_NORMS = ("none", "mean")
 #: Short names ``BaselineConfig.loss`` also accepts, with the :mod:`den_jax.losses` name.
 LOSS_ALIASES = {"softmax": "softmax_ce", "sigmoid": "sigmoid_ce"}
 
@@ -65,6 +71,11 @@ class BaselineConfig:
       ewc_lambda: EWC strength ``lam/2 * sum F (theta - theta*)^2`` (Kirkpatrick et al.
         2017, Eq. 3).
       fisher_samples: training examples used to estimate the diagonal Fisher.
+      fisher_estimator: ``"exact"`` (expectation over every class of the task's
+        predictive distribution) or ``"sample"`` (one sampled label per example).
+      fisher_norm: ``"mean"`` (each task's Fisher divided by its mean entry before it is
+        added to the sum, so ``ewc_lambda`` does not depend on how confident the model
+        is) or ``"none"`` (Kirkpatrick et al.'s raw Fisher).
       pnn_adapter_dim: width of the hidden layer of Progressive Networks' non-linear
         lateral adapters (``V``'s output); 0: the receiving layer's width (Rusu et al.
         2016, Eq. 2: "a projection onto an n_l dimensional subspace").
@@ -87,6 +98,8 @@ class BaselineConfig:
     l2_lambda: float = 0.5
     ewc_lambda: float = 1000.0
     fisher_samples: int = 1024
+    fisher_estimator: str = "exact"
+    fisher_norm: str = "none"
     pnn_adapter_dim: int = 0
     pnn_alpha_init: float = 0.01
     packnet_prune: float | tuple[float, ...] = 0.75
@@ -105,6 +118,14 @@ class BaselineConfig:
         for name in ("weight_decay", "l2_lambda", "ewc_lambda"):
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"BaselineConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name, allowed in (
+            ("fisher_estimator", FISHER_ESTIMATORS),
+            ("fisher_norm", FISHER_NORMS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"BaselineConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
         if LOSS_ALIASES.get(self.loss, self.loss) not in LOSSES:
             raise ValueError(
                 f"BaselineConfig.loss must be one of {sorted(LOSSES) + sorted(LOSS_ALIASES)}, "

@@ -20,10 +20,11 @@ pass as ``state=`` when learning the next task (``None`` for the stateless learn
 * L2 transfer (``l2``): fine-tuning + ``lam/2 * ||theta_s - theta_s^{t-1}||^2`` on the
   shared parameters ``theta_s`` (DEN's "DNN-L2" baseline, Yoon et al. 2018 §4).
 * EWC (``ewc``): fine-tuning + ``lam/2 * sum_i F_i (theta_i - theta*_i)^2`` (Kirkpatrick
-  et al. 2017, Eq. 3) with ``F`` the diagonal empirical-model Fisher (labels sampled from
-  the model's own predictive distribution), summed over past tasks and anchored at the
-  parameters after the latest task (the single-penalty "online EWC" form, gamma = 1,
-  Schwarz et al. 2018, Eq. 8; Huszar 2018).
+  et al. 2017, Eq. 3) with ``F`` the diagonal Fisher of the model's own predictive
+  distribution (by default the exact expectation over the task's classes; optionally one
+  sampled label per example, or each task's Fisher normalised to mean 1), summed over past
+  tasks and anchored at the parameters after the latest task (the single-penalty "online
+  EWC" form, gamma = 1, Schwarz et al. 2018, Eq. 8; Huszar 2018).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from den_jax.baselines.common import (
+    FISHER_ESTIMATORS,
+    FISHER_NORMS,
     check_task_data,
     shared_params,
     train_task,
@@ -52,6 +55,7 @@ __all__ = [
     "ewc_state_abstract",
     "finetune_learn_task",
     "l2_learn_task",
+    "normalise_fisher",
     "stl_learn_task",
 ]
 
@@ -130,19 +134,52 @@ def _ewc_penalty(lam: float):
 
 
 def diagonal_fisher(
-    net: ExpandableNet, key: jax.Array, task: str, x: Any, *, num_samples: int, chunk: int = 128
+    net: ExpandableNet,
+    key: jax.Array,
+    task: str,
+    x: Any,
+    *,
+    num_samples: int,
+    chunk: int = 128,
+    estimator: str = "exact",
+    likelihood: str = "softmax",
 ) -> dict:
     """Diagonal Fisher of ``task``'s predictive distribution w.r.t. the shared parameters.
 
-    ``F_i = E_x E_{y ~ p(y|x)} [ (d log p(y|x) / d theta_i)^2 ]`` estimated on the first
-    ``num_samples`` rows of ``x`` with one sampled label per row (softmax over the logits).
+    ``F_i = E_x E_{y ~ p(y|x)} [ (d log p(y|x) / d theta_i)^2 ]`` on the first
+    ``num_samples`` rows of ``x``. ``estimator="exact"`` takes the inner expectation over
+    every class, ``sum_c p(c|x) (d log p(c|x) / d theta)^2``; ``"sample"`` draws one label
+    per row from ``p(y|x)``. On a confident model (``1 - max p`` around 1e-4, as after long
+    training on a two-class task) a sampled wrong label is rare, so the sampled estimate is
+    zero on most rows and jumps by orders of magnitude between draws; the exact one does not.
+
+    Args:
+      net: the network after training ``task``.
+      key: PRNG key (only ``estimator="sample"`` uses it).
+      task: the task whose head defines ``p(y|x)``.
+      x: inputs ``[N, d]``.
+      num_samples: rows of ``x`` used.
+      chunk: rows per compiled batch.
+      estimator: ``"exact"`` or ``"sample"`` (softmax only).
+      likelihood: ``"softmax"`` (categorical over the logits) or ``"sigmoid"`` (one
+        Bernoulli per logit, the model of the per-class sigmoid cross-entropy: the exact
+        Fisher is ``sum_c s_c (1 - s_c) (d z_c / d theta)^2``).
 
     Returns:
-      A tree shaped like :func:`shared_params`.
+      A tree shaped like :func:`shared_params`: the mean over rows.
     """
+    if estimator not in FISHER_ESTIMATORS:
+        raise ValueError(f"Fisher estimator must be one of {FISHER_ESTIMATORS}, got {estimator!r}")
+    if likelihood not in ("softmax", "sigmoid"):
+        raise ValueError(f"Fisher likelihood must be 'softmax' or 'sigmoid', got {likelihood!r}")
+    if estimator == "sample" and likelihood != "softmax":
+        raise ValueError("Fisher estimator 'sample' supports likelihood='softmax' only")
     meta = net.meta
     x = jnp.asarray(x)[:num_samples]
     n = int(x.shape[0])
+    if n == 0:
+        raise ValueError(f"Fisher of task {task!r}: no input rows")
+    num_classes = resolve_task(meta, task).output_dim
 
     def merge(shared, rest):
         params = {**rest, "hidden": shared["hidden"]}
@@ -150,15 +187,36 @@ def diagonal_fisher(
             params["input_heads"] = {**rest["input_heads"], SHARED_INPUT: shared["input"]}
         return ExpandableNet(params=params, meta=meta)
 
-    def log_lik(shared, rest, xi, yi):
+    def score(shared, rest, xi, c):
+        """The per-class quantity whose squared gradient, weighted, makes the Fisher."""
         logits = apply(merge(shared, rest), xi[None], task)[0]
-        return jax.nn.log_softmax(logits)[yi]
+        if likelihood == "sigmoid":
+            return logits[c]
+        return jax.nn.log_softmax(logits)[c]
+
+    per_example = jax.vmap(jax.grad(score), in_axes=(None, None, 0, 0))
+
+    def squared(shared, rest, xb, c, w):
+        g = per_example(shared, rest, xb, c)
+        return jax.tree.map(lambda v: jnp.tensordot(w, v**2, axes=1), g)
 
     @jax.jit
     def chunk_sum(shared, rest, xb, k):
-        yb = jax.random.categorical(k, apply(merge(shared, rest), xb, task))
-        g = jax.vmap(jax.grad(log_lik), in_axes=(None, None, 0, 0))(shared, rest, xb, yb)
-        return jax.tree.map(lambda v: jnp.sum(v**2, axis=0), g)
+        logits = apply(merge(shared, rest), xb, task)
+        if estimator == "sample":
+            yb = jax.random.categorical(k, logits)
+            return squared(shared, rest, xb, yb, jnp.ones(xb.shape[0]))
+        probs = jax.nn.sigmoid(logits) if likelihood == "sigmoid" else jax.nn.softmax(logits)
+        weights = probs * (1.0 - probs) if likelihood == "sigmoid" else probs
+
+        def body(acc, c):
+            cb = jnp.full((xb.shape[0],), c, jnp.int32)
+            part = squared(shared, rest, xb, cb, jax.lax.stop_gradient(weights[:, c]))
+            return jax.tree.map(jnp.add, acc, part), None
+
+        zero = jax.tree.map(jnp.zeros_like, shared)
+        total, _ = jax.lax.scan(body, zero, jnp.arange(num_classes))
+        return total
 
     shared = shared_params(net.params)
     total = jax.tree.map(jnp.zeros_like, shared)
@@ -166,6 +224,31 @@ def diagonal_fisher(
         part = chunk_sum(shared, net.params, x[start : start + chunk], jax.random.fold_in(key, i))
         total = jax.tree.map(jnp.add, total, part)
     return jax.tree.map(lambda v: v / n, total)
+
+
+def normalise_fisher(fisher: dict, how: str) -> dict:
+    """``fisher`` scaled as ``how`` says: ``"none"`` or ``"mean"`` (divided by its mean entry).
+
+    With ``"mean"`` a task's Fisher has mean 1 over the shared parameters, so
+    ``ewc_lambda`` is on the scale of L2 transfer's ``l2_lambda`` (L2 is EWC with F = 1)
+    whatever the model's confidence; an all-zero Fisher stays zero.
+
+    Args:
+      fisher: a tree of non-negative arrays.
+      how: one of :data:`FISHER_NORMS`.
+
+    Returns:
+      A tree like ``fisher``.
+    """
+    if how not in FISHER_NORMS:
+        raise ValueError(f"Fisher normalisation must be one of {FISHER_NORMS}, got {how!r}")
+    if how == "none":
+        return fisher
+    leaves = jax.tree.leaves(fisher)
+    size = sum(int(np.prod(v.shape)) for v in leaves)
+    mean = sum(jnp.sum(v) for v in leaves) / max(size, 1)
+    scale = jnp.where(mean > 0, 1.0 / jnp.where(mean > 0, mean, 1.0), 0.0)
+    return jax.tree.map(lambda v: v * scale, fisher)
 
 
 def ewc_learn_task(
@@ -188,11 +271,38 @@ def ewc_learn_task(
             net, k_train, task, train, cfg, penalty=_ewc_penalty(cfg.ewc_lambda), aux=state, **opts
         )
         fisher_prev = state["fisher"]
-    fisher = diagonal_fisher(net, k_fisher, task, train[0], num_samples=cfg.fisher_samples)
+    raw = diagonal_fisher(
+        net, k_fisher, task, train[0], num_samples=cfg.fisher_samples,
+        estimator=cfg.fisher_estimator, likelihood=_likelihood(cfg, loss),
+    )  # fmt: skip
+    fisher = normalise_fisher(raw, cfg.fisher_norm)
     if fisher_prev is not None:
         fisher = jax.tree.map(jnp.add, fisher, fisher_prev)
     new_state = {"anchor": shared_params(net.params), "fisher": fisher}
-    return net, _report(net, task, valid, cfg, rep, "ewc", new_state, loss=loss)
+    report = _report(net, task, valid, cfg, rep, "ewc", new_state, loss=loss)
+    report["fisher"] = _fisher_stats(raw)
+    return net, report
+
+
+def _likelihood(cfg, loss) -> str:
+    """The model ``p(y|x)`` of the Fisher: Bernoulli per logit for the sigmoid loss.
+
+    The sampled estimator keeps the categorical model (as before the exact one existed).
+    """
+    if cfg.fisher_estimator == "sample":
+        return "softmax"
+    if loss is None and cfg.loss in ("sigmoid", "sigmoid_ce"):
+        return "sigmoid"
+    return "softmax"
+
+
+def _fisher_stats(fisher: dict) -> dict:
+    """Mean, max and entry count of a task's (unnormalised) Fisher, for the task report."""
+    leaves = [np.asarray(v) for v in jax.tree.leaves(fisher)]
+    size = sum(v.size for v in leaves)
+    total = float(sum(v.sum() for v in leaves))
+    return {"mean": total / max(size, 1), "max": float(max(v.max() for v in leaves)),
+            "entries": int(size)}  # fmt: skip
 
 
 def _check_state(net: ExpandableNet, state: Any) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "grouped_accuracy",
     "make_predict",
     "nme_scores",
+    "outputs_metrics",
     "predict_all",
     "pycil_forgetting",
     "pycil_grouped_accuracy",
@@ -42,19 +43,22 @@ __all__ = [
 ]
 
 
-def make_predict(mean: Sequence[float], std: Sequence[float]):
+def make_predict(mean: Sequence[float], std: Sequence[float], old_backbones: str = "loop"):
     """Jitted eval forward: ``(state, uint8 images) -> (logits, features)``.
 
     Every backbone uses BatchNorm running statistics; test transform = normalise
     only. With pruning embeddings the new backbone runs with the binarised
-    masks, i.e. exactly as its materialised (pruned) copy.
+    masks, i.e. exactly as its materialised (pruned) copy. ``old_backbones``:
+    how the frozen backbones run (:func:`den_jax.der.model.old_features`).
     """
 
     @jax.jit
     def predict(state: model.DERState, x_u8: jax.Array):
         x = augment.normalize(x_u8, mean, std)
         masks = None if state.mask_e is None else pruning.binary_masks(state.mask_e)
-        logits, _, feats, _ = model.forward(state, x, train=False, masks=masks)
+        logits, _, feats, _ = model.forward(
+            state, x, train=False, masks=masks, old_backbones=old_backbones
+        )
         return logits, feats
 
     return predict
@@ -267,13 +271,34 @@ def evaluate_state(
       ``"nme_top1"``, ``"nme_top5"``, ``"nme_task_acc"``, ``"nme_pycil_grouped"``.
     """
     logits, feats = predict_all(predict, state, images)
+    return outputs_metrics(logits, feats, labels, state.num_old, boundaries, means)
+
+
+def outputs_metrics(
+    logits: np.ndarray,
+    feats: np.ndarray,
+    labels: np.ndarray,
+    num_old: int,
+    boundaries: Sequence[int],
+    means: np.ndarray | None = None,
+) -> dict:
+    """The metrics of :func:`evaluate_state` from already computed outputs.
+
+    Args:
+      logits, feats: the model's logits ``[N, num_total]`` and features ``[N, D]``.
+      labels: ``[N]`` order positions; num_old: classes seen before this step.
+      boundaries, means: as in :func:`evaluate_state`.
+
+    Returns:
+      The dict of :func:`evaluate_state`.
+    """
     pred = np.argmax(logits, axis=1)
     out = {
         "top1": topk_accuracy(logits, labels, 1),
         "top5": topk_accuracy(logits, labels, 5),
-        "grouped": grouped_accuracy(pred, labels, state.num_old),
+        "grouped": grouped_accuracy(pred, labels, num_old),
         "task_acc": task_accuracies(pred, labels, boundaries),
-        "pycil_grouped": pycil_grouped_accuracy(pred, labels, state.num_old),
+        "pycil_grouped": pycil_grouped_accuracy(pred, labels, num_old),
     }
     if means is not None:
         scores = nme_scores(feats, means)
@@ -281,5 +306,5 @@ def evaluate_state(
         out["nme_top1"] = topk_accuracy(scores, labels, 1)
         out["nme_top5"] = topk_accuracy(scores, labels, 5)
         out["nme_task_acc"] = task_accuracies(nme_pred, labels, boundaries)
-        out["nme_pycil_grouped"] = pycil_grouped_accuracy(nme_pred, labels, state.num_old)
+        out["nme_pycil_grouped"] = pycil_grouped_accuracy(nme_pred, labels, num_old)
     return out

@@ -31,6 +31,7 @@ import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
+import optax
 
 from den_jax import losses
 from den_jax.der import resnet
@@ -270,6 +271,7 @@ def forward(
     masks: tuple | None = None,
     compute_dtype: Any = jnp.float32,
     old_backbones: str = "loop",
+    sample_mask: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, dict]:
     """DER forward pass.
 
@@ -282,6 +284,9 @@ def forward(
         mixed precision). Parameters, BN statistics, features, heads and logits
         stay float32.
       old_backbones: how the frozen backbones run, see :func:`old_features`.
+      sample_mask: optional bool ``[B]``, False on padding rows: in training mode they
+        take no part in the new backbone's BatchNorm statistics (the only place rows
+        interact), so the real rows compute what an unpadded batch would.
 
     Returns:
       ``(logits [B, num_total], aux_logits [B, num_new+1], features [B, F*t],
@@ -290,7 +295,14 @@ def forward(
     chex.assert_rank(x, 4)
     net = resnet.ResNet32(state.base_width, dtype=compute_dtype)
     if train:
-        new_feat, upd = net.apply(state.new, x, train=True, masks=masks, mutable=["batch_stats"])
+        new_feat, upd = net.apply(
+            state.new,
+            x,
+            train=True,
+            masks=masks,
+            sample_mask=sample_mask,
+            mutable=["batch_stats"],
+        )
         new_bs = upd["batch_stats"]
     else:
         new_feat = net.apply(state.new, x, train=False, masks=masks)
@@ -314,6 +326,7 @@ def der_loss(
     labels: jax.Array,
     num_old: int,
     aux_weight: float,
+    weights: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
     """L_ER = CE(H_t(u), y) + lambda_a * CE(H_a(F_t(x)), y_aux) (section 3.2).
 
@@ -323,12 +336,24 @@ def der_loss(
       labels: ``[B]`` int labels (positions in the class order).
       num_old: classes seen before this step.
       aux_weight: lambda_a (1; use 0 at the first step).
+      weights: optional per-row weights ``[B]`` (1 real, 0 padding); both
+        cross-entropies become means over the weighted rows.
 
     Returns:
       ``(loss, {"ce": ..., "aux": ...})``.
     """
-    ce = losses.softmax_ce(logits, labels)
-    aux = losses.softmax_ce(aux_logits, aux_labels(labels, num_old))
+    if weights is None:
+        ce = losses.softmax_ce(logits, labels)
+        aux = losses.softmax_ce(aux_logits, aux_labels(labels, num_old))
+    else:
+        chex.assert_equal_shape_prefix([logits, weights], 1)
+        total = jnp.maximum(jnp.sum(weights), 1.0)
+        per_ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        per_aux = optax.softmax_cross_entropy_with_integer_labels(
+            aux_logits, aux_labels(labels, num_old)
+        )
+        ce = jnp.sum(weights * per_ce) / total
+        aux = jnp.sum(weights * per_aux) / total
     return ce + aux_weight * aux, {"ce": ce, "aux": aux}
 
 

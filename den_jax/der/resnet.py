@@ -68,6 +68,13 @@ def _bn(train: bool, name: str, dtype: Any = jnp.float32) -> nn.BatchNorm:
     )
 
 
+def _rows(sample_mask: jax.Array | None, h: jax.Array) -> jax.Array | None:
+    """BatchNorm ``mask`` from a per-row bool ``[B]``: padding rows leave the statistics."""
+    if sample_mask is None:
+        return None
+    return jnp.broadcast_to(sample_mask[:, None, None, None], h.shape)
+
+
 def _conv3x3(features: int, name: str, dtype: Any, stride: int = 1) -> nn.Conv:
     """Bias-free 3x3 conv, padding 1, torch ResNet init; float32 kernel, ``dtype`` compute."""
     return nn.Conv(
@@ -109,13 +116,19 @@ class BasicBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None, train: bool) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array | None,
+        train: bool,
+        sample_mask: jax.Array | None = None,
+    ) -> jax.Array:
         h = _conv3x3(self.inner_channels, "conv1", self.dtype, self.stride)(x)
-        h = nn.relu(_bn(train, "bn1", self.dtype)(h))
+        h = nn.relu(_bn(train, "bn1", self.dtype)(h, mask=_rows(sample_mask, h)))
         if mask is not None:
             h = h * mask.astype(h.dtype)  # f' = f (.) m, DER eq. (mask), per output channel
         h = _conv3x3(self.out_channels, "conv2", self.dtype)(h)
-        h = _bn(train, "bn2", self.dtype)(h)
+        h = _bn(train, "bn2", self.dtype)(h, mask=_rows(sample_mask, h))
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.out_channels:
             # Option A: subsample, then append zero channels (PyCIL DownsampleA).
@@ -146,7 +159,11 @@ class ResNet32(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, train: bool = False, masks: Sequence[jax.Array] | None = None
+        self,
+        x: jax.Array,
+        train: bool = False,
+        masks: Sequence[jax.Array] | None = None,
+        sample_mask: jax.Array | None = None,
     ) -> jax.Array:
         """Computes features.
 
@@ -154,6 +171,8 @@ class ResNet32(nn.Module):
           x: float images ``[B, H, W, C]`` (already normalised).
           train: BatchNorm uses batch statistics and updates running ones.
           masks: optional 15 per-channel masks ``[inner_widths[i]]``.
+          sample_mask: optional bool ``[B]``; rows that are False (padding of a last,
+            partial batch) take no part in the BatchNorm batch statistics (train mode).
 
         Returns:
           float32 features ``[B, 4 * base_width]``.
@@ -164,13 +183,13 @@ class ResNet32(nn.Module):
         if masks is not None and len(masks) != NUM_BLOCKS:
             raise ValueError(f"masks must have {NUM_BLOCKS} entries, got {len(masks)}")
         h = _conv3x3(self.base_width, "conv0", self.dtype)(x)
-        h = nn.relu(_bn(train, "bn0", self.dtype)(h))
+        h = nn.relu(_bn(train, "bn0", self.dtype)(h, mask=_rows(sample_mask, h)))
         i = 0
         for s, c in enumerate(stage_widths(self.base_width)):
             for b in range(BLOCKS_PER_STAGE):
                 stride = 2 if (s > 0 and b == 0) else 1
                 h = BasicBlock(c, inner[i], stride, self.dtype, name=f"block{i}")(
-                    h, None if masks is None else masks[i], train
+                    h, None if masks is None else masks[i], train, sample_mask
                 )
                 i += 1
         # Global average pooling in float32 (a no-op cast in float32 compute).

@@ -29,7 +29,16 @@ from tqdm import tqdm
 
 from den_jax.data import splits
 from den_jax.data.images import StreamData
-from den_jax.der import bias_correction, evaluate, memory, model, pruning, resnet, train
+from den_jax.der import (
+    bias_correction,
+    evaluate,
+    features,
+    memory,
+    model,
+    pruning,
+    resnet,
+    train,
+)
 from den_jax.der.config import (
     COMPUTE_DTYPES,
     NOTEBOOK_ORDER_SEED,
@@ -53,11 +62,16 @@ Optimizer = optax.GradientTransformation | Callable[[int], optax.GradientTransfo
 
 
 class DeviceData(NamedTuple):
-    """The training set placed on a mesh once (``x`` images, ``y`` int32 labels)."""
+    """The stream's images placed on a mesh once.
+
+    ``x`` training images, ``y`` their int32 labels, ``mesh``; ``x_test`` the test
+    images (None: evaluation uploads them from the host).
+    """
 
     x: jax.Array
     y: jax.Array
     mesh: Mesh
+    x_test: jax.Array | None = None
 
 
 def make_stream(cfg: DERConfig, train_split, test_split, *, mean=None, std=None) -> StreamData:
@@ -112,10 +126,19 @@ def class_order(cfg: DERConfig) -> np.ndarray:
 
 
 def place_train_data(data: StreamData, mesh: Mesh | None = None) -> DeviceData:
-    """Replicates the training images and labels on ``mesh`` (default: all local devices)."""
+    """Replicates the training images and labels, and the test images, on ``mesh``.
+
+    Args:
+      data: the stream.
+      mesh: default: all local devices.
+
+    Returns:
+      The :class:`DeviceData` that training, herding and evaluation read from.
+    """
     mesh = train.make_mesh() if mesh is None else mesh
     x = train.replicate(jnp.asarray(data.x_train), mesh)
-    return DeviceData(x, train.replicate(jnp.asarray(data.y_train), mesh), mesh)
+    x_test = train.replicate(jnp.asarray(data.x_test), mesh)
+    return DeviceData(x, train.replicate(jnp.asarray(data.y_train), mesh), mesh, x_test)
 
 
 def step_key(cfg: DERConfig, step: int) -> jax.Array:
@@ -131,8 +154,8 @@ def pruned_backbone(state: model.DERState) -> tuple[dict, tuple[int, ...]] | Non
 
 
 @functools.lru_cache(maxsize=8)
-def _predict(mean: tuple, std: tuple):
-    return evaluate.make_predict(mean, std)
+def _predict(mean: tuple, std: tuple, old_backbones: str):
+    return evaluate.make_predict(mean, std, old_backbones)
 
 
 def _check_inputs(state, data: StreamData, cfg: DERConfig, step: int | None) -> int:
@@ -210,7 +233,7 @@ def _train_epochs(state, fns, tx, dev: DeviceData, pool, key, rng, cfg, t, epoch
         ]
         args = (state, opt_state, dev.x, dev.y, batches, jax.random.fold_in(key, e), dev.mesh)
         if epoch_fn is not None:
-            state, opt_state, m = train.run_epoch_scanned(epoch_fn, step_fn, *args, s_max=s_max)
+            state, opt_state, m = train.run_epoch_scanned(epoch_fn, *args, s_max=s_max)
         else:
             state, opt_state, m = train.run_epoch(step_fn, *args, s_max=s_max)
         bar.update(1)
@@ -331,10 +354,11 @@ def learn_step(
         prune_lambda=cfg.prune_lambda,
         aug=data.augment_options,
         compute_dtype=COMPUTE_DTYPES[cfg.compute_dtype],
+        old_backbones=cfg.old_backbones,
     )
     loop = cfg.epoch_loop if cfg.epoch_loop != "auto" else resolve_epoch_loop()
     fns = (
-        train.make_train_step(tx, **fn_kw),
+        None if loop == "scan" else train.make_train_step(tx, **fn_kw),
         train.make_train_epoch(tx, **fn_kw) if loop == "scan" else None,
     )
     history = []
@@ -361,19 +385,19 @@ def learn_step(
                 batch_size=cfg.batch_size,
                 aug=data.augment_options,
             )
-    predict = _predict(tuple(data.mean), tuple(data.std))
+    predict = _predict(tuple(data.mean), tuple(data.std), cfg.old_backbones)
     if cfg.method == "der":
         quota = memory.per_class_quota(cfg.memory, hi, cfg.memory_per_class)
         groups = {c: splits.indices_in_range(data.y_train, c, c + 1) for c in range(lo, hi)}
-        feats = lambda idx: evaluate.predict_all(predict, state, data.x_train[idx])[1]
+        feats = lambda idx: features.extract(predict, state, dev.x, idx)[1]
         mem = memory.update_memory(mem, groups, feats, quota)
     means = None
     if cfg.method == "der" and mem:
         idx = memory.memory_indices(mem)
         # The memory's features with the final model (PyCIL: after the exemplar update).
-        mem_feats = evaluate.predict_all(predict, state, data.x_train[idx])[1]
+        mem_feats = features.extract(predict, state, dev.x, idx)[1]
         means = evaluate.class_means(mem_feats, data.y_train[idx], hi)
-    ev = _evaluate(predict, state, data, cfg, hi, t, means)
+    ev = _evaluate(predict, state, data, dev, cfg, hi, t, means)
     report = dict(
         step=t,
         num_seen=hi,
@@ -400,13 +424,17 @@ def learn_step(
 
 
 def _evaluate(
-    predict, state, data: StreamData, cfg: DERConfig, hi: int, t: int, means=None
+    predict, state, data: StreamData, dev: DeviceData, cfg: DERConfig, hi: int, t: int, means=None
 ) -> dict:
     """top1/top5/grouped/task_acc (and NME with ``means``) on the seen classes' test images."""
     sel = splits.indices_in_range(data.y_test, 0, hi)
-    x, y = data.x_test[sel], data.y_test[sel]
-    ev = evaluate.evaluate_state(predict, state, x, y, data.bounds[: t + 1], means)
+    y = data.y_test[sel]
+    if dev.x_test is not None:
+        logits, feats = features.extract(predict, state, dev.x_test, sel)
+    else:
+        logits, feats = evaluate.predict_all(predict, state, data.x_test[sel])
+    ev = evaluate.outputs_metrics(logits, feats, y, state.num_old, data.bounds[: t + 1], means)
     if cfg.num_classes < 50:  # small streams: one group per step instead of per 10 classes
-        pred = np.argmax(evaluate.predict_all(predict, state, x)[0], 1)
+        pred = np.argmax(logits, 1)
         ev["grouped"] = evaluate.grouped_accuracy(pred, y, state.num_old, group=cfg.increment)
     return ev

@@ -12,8 +12,10 @@ statistics and the loss are computed over the *global* batch, so the result
 equals the one-device run up to floating-point reduction order.
 
 Speed paths (docs/der.md, "Speed paths"): :func:`make_train_epoch` with
-:func:`run_epoch_scanned` runs the full batches of an epoch in one ``lax.scan``
-dispatch (same numbers as the step loop :func:`run_epoch`); ``donate`` lets XLA
+:func:`run_epoch_scanned` runs the batches of an epoch in one ``lax.scan``
+dispatch (same numbers as the step loop :func:`run_epoch`); both pad a last, partial
+batch with ``-1`` indices (:func:`pad_batches`) that the step masks out of the
+BatchNorm statistics and the loss, so each compiles once per step; ``donate`` lets XLA
 update ``state``/``opt_state`` in place (default: on accelerators only);
 ``compute_dtype=jnp.bfloat16`` runs the backbones in bfloat16 with float32
 parameters, optimizer state, logits and loss (opt-in: it changes the numbers).
@@ -40,6 +42,7 @@ __all__ = [
     "make_optimizer",
     "make_train_epoch",
     "make_train_step",
+    "pad_batches",
     "replicate",
     "resolve_donate",
     "run_epoch",
@@ -159,8 +162,11 @@ def _make_step_body(
 
     def body(state, opt_state, data_x, data_y, idx, key, s):
         chex.assert_rank(idx, 1)
-        x = augment.augment(key, data_x[idx], mean, std, **aug)
-        y = data_y[idx]
+        valid = idx >= 0  # -1 marks the padding of a last, partial batch
+        safe = jnp.where(valid, idx, 0)
+        x = augment.augment(key, data_x[safe], mean, std, **aug)
+        y = data_y[safe]
+        weights = valid.astype(jnp.float32)
         params = model.trainable(state)
 
         def loss_fn(p):
@@ -175,12 +181,16 @@ def _make_step_body(
                 masks=masks,
                 compute_dtype=compute_dtype,
                 old_backbones=old_backbones,
+                sample_mask=valid,
             )
-            loss, parts = model.der_loss(logits, aux_logits, y, state.num_old, aux_weight)
+            loss, parts = model.der_loss(
+                logits, aux_logits, y, state.num_old, aux_weight, weights=weights
+            )
             if masks is not None:
                 parts["sparsity"] = pruning.sparsity_loss(masks, state.base_width)
                 loss = loss + prune_lambda * parts["sparsity"]
-            parts["acc"] = jnp.mean(jnp.argmax(logits, -1) == y)
+            hits = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+            parts["acc"] = jnp.sum(weights * hits) / jnp.maximum(jnp.sum(weights), 1.0)
             return loss, (new_bs, parts)
 
         (loss, (new_bs, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -328,17 +338,43 @@ def epoch_batches(
 ) -> list[np.ndarray]:
     """Shuffled index batches of one epoch (torch ``DataLoader(shuffle=True)``).
 
-    The last partial batch is kept (as PyCIL does), cut to a multiple of
-    ``num_devices`` so it can be sharded (at most ``num_devices-1`` samples of
-    the epoch are skipped, none on one device).
+    The last partial batch is kept (as PyCIL does); :func:`pad_batches` pads it to the
+    full size with ``-1`` so that every batch has one shape (one compile) and shards
+    evenly over ``num_devices``.
     """
     if batch_size % num_devices:
         raise ValueError(f"batch_size {batch_size} must be divisible by {num_devices} devices")
     perm = rng.permutation(n).astype(np.int32)
-    out = [perm[i : i + batch_size] for i in range(0, n, batch_size)]
-    last = len(out[-1]) - len(out[-1]) % num_devices
-    out[-1] = out[-1][:last]
-    return [b for b in out if len(b)]
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def pad_batches(batches: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """Stacks ``batches`` into ``[S, B]`` (B = the first batch's size), padding with ``-1``.
+
+    The train step reads ``-1`` as a padding row: it is gathered as row 0, takes no
+    part in the BatchNorm statistics and has weight 0 in the loss and metrics, so a
+    padded batch computes what the unpadded one would (up to float reduction order;
+    only the augmentation draws of a padded batch differ, as they are drawn for B rows).
+
+    Args:
+      batches: index arrays, all of one size but possibly a smaller last one.
+
+    Returns:
+      ``(idx int32 [S, B], real sizes)``.
+
+    Raises:
+      ValueError: if a batch other than the last differs in size from the first.
+    """
+    if not batches:
+        return np.zeros((0, 0), np.int32), []
+    size = len(batches[0])
+    sizes = [len(b) for b in batches]
+    if any(n != size for n in sizes[:-1]) or sizes[-1] > size:
+        raise ValueError(f"batches must be of one size but a smaller last one, got {sizes}")
+    out = np.full((len(batches), size), -1, np.int32)
+    for i, b in enumerate(batches):
+        out[i, : len(b)] = b
+    return out, sizes
 
 
 def _epoch_mean(per_batch: Sequence[dict], sizes: Sequence[int]) -> dict:
@@ -371,6 +407,9 @@ def run_epoch(
 ):
     """Runs the train step over ``batches``, one dispatch per batch.
 
+    A smaller last batch is padded to the full size (:func:`pad_batches`), so the step
+    compiles once per epoch shape.
+
     Args:
       step_fn: from :func:`make_train_step`.
       state, opt_state: DER state and optimizer state, placed replicated on the
@@ -390,8 +429,9 @@ def run_epoch(
       device until the epoch ends and are read back with one ``device_get``.
     """
     state, opt_state = replicate((state, opt_state), mesh)
-    per_batch, sizes = [], []
-    for b, idx in enumerate(batches):
+    padded, sizes = pad_batches(batches)
+    per_batch = []
+    for b, idx in enumerate(padded):
         state, opt_state, metrics = step_fn(
             state,
             opt_state,
@@ -399,10 +439,9 @@ def run_epoch(
             data_y,
             shard_batch(idx, mesh),
             jax.random.fold_in(key, b),
-            jnp.float32(_s_value(b, len(batches), s_max)),
+            jnp.float32(_s_value(b, len(padded), s_max)),
         )
         per_batch.append(metrics)
-        sizes.append(len(idx))
         if on_batch is not None:
             on_batch(metrics)
     host = jax.device_get(per_batch)  # the epoch's one host sync
@@ -412,7 +451,6 @@ def run_epoch(
 
 def run_epoch_scanned(
     epoch_fn: Callable,
-    step_fn: Callable,
     state,
     opt_state,
     data_x,
@@ -423,20 +461,18 @@ def run_epoch_scanned(
     *,
     s_max: float | None = None,
 ):
-    """Runs one epoch as one scanned dispatch plus, if any, the last partial batch.
+    """Runs one epoch as one scanned dispatch (a smaller last batch padded into it).
 
-    The full-size batches are stacked into ``[S, B]`` (sharded on the batch
-    axis) and run by ``epoch_fn`` (:func:`make_train_epoch`); a last, smaller
-    batch runs with ``step_fn`` (:func:`make_train_step`) as batch ``S`` (key
-    ``fold_in(key, S)``, temperature ``anneal_s(S, S + 1, s_max)``). This is the
-    computation of :func:`run_epoch` with the same keys, temperatures and
-    metric averaging; only the dispatching differs.
+    The batches are stacked into ``[S, B]`` by :func:`pad_batches` (sharded on the
+    batch axis) and run by ``epoch_fn`` (:func:`make_train_epoch`) with batch ``b``'s
+    key ``fold_in(key, b)`` and temperature ``anneal_s(b, S, s_max)``: the
+    computation of :func:`run_epoch` with the same keys, temperatures and metric
+    averaging; only the dispatching differs.
 
     Args:
       epoch_fn: from :func:`make_train_epoch`.
-      step_fn: from :func:`make_train_step` (same optimizer and options).
       state, opt_state: DER state and optimizer state, placed replicated on the
-        mesh first (as in :func:`run_epoch`). Donated when the functions donate:
+        mesh first (as in :func:`run_epoch`). Donated when the function donates:
         use only the returned ones.
       data_x, data_y: on-device training set (uint8 images, int32 labels).
       batches: index arrays from :func:`epoch_batches` (all of one size but
@@ -451,39 +487,16 @@ def run_epoch_scanned(
     Raises:
       ValueError: if a batch other than the last differs in size from the first.
     """
-    n = len(batches)
+    padded, sizes = pad_batches(batches)
+    n = len(sizes)
     if n == 0:
         return state, opt_state, {}
-    size = len(batches[0])
-    num_full = n if len(batches[-1]) == size else n - 1
-    if any(len(b) != size for b in batches[:num_full]) or len(batches[-1]) > size:
-        raise ValueError(
-            f"run_epoch_scanned needs equal batches but a smaller last one, got sizes "
-            f"{[len(b) for b in batches]}"
-        )
     state, opt_state = replicate((state, opt_state), mesh)
-    per_batch: list[dict] = []
-    sizes: list[int] = []
-    if num_full:
-        idx = np.stack([np.asarray(b, np.int32) for b in batches[:num_full]])
-        idx = jax.device_put(idx, NamedSharding(mesh, PartitionSpec(None, "data")))
-        s_values = np.asarray([_s_value(b, n, s_max) for b in range(num_full)], np.float32)
-        state, opt_state, metrics = epoch_fn(
-            state, opt_state, data_x, data_y, idx, key, replicate(s_values, mesh)
-        )
-        metrics = jax.device_get(metrics)
-        per_batch += [{k: float(v[b]) for k, v in metrics.items()} for b in range(num_full)]
-        sizes += [size] * num_full
-    if num_full < n:
-        state, opt_state, metrics = step_fn(
-            state,
-            opt_state,
-            data_x,
-            data_y,
-            shard_batch(batches[-1], mesh),
-            jax.random.fold_in(key, num_full),
-            jnp.float32(_s_value(num_full, n, s_max)),
-        )
-        per_batch.append({k: float(v) for k, v in metrics.items()})
-        sizes.append(len(batches[-1]))
+    idx = jax.device_put(padded, NamedSharding(mesh, PartitionSpec(None, "data")))
+    s_values = np.asarray([_s_value(b, n, s_max) for b in range(n)], np.float32)
+    state, opt_state, metrics = epoch_fn(
+        state, opt_state, data_x, data_y, idx, key, replicate(s_values, mesh)
+    )
+    metrics = jax.device_get(metrics)  # the epoch's one host sync
+    per_batch = [{k: float(v[b]) for k, v in metrics.items()} for b in range(n)]
     return state, opt_state, _epoch_mean(per_batch, sizes)
