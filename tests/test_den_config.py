@@ -45,6 +45,8 @@ BAD_VALUES = [
     ("split_retrain", "old", "'all', 'new'"),
     ("opt_state_policy", "keep", "'reset', 'grow'"),
     ("expansion_loss_on", "test", "'valid', 'train'"),
+    ("head_l1_lambda", -0.01, "[0.0, inf)"),
+    ("head_l1_lambda", "strong", "null (l1_lambda)"),
 ]
 
 

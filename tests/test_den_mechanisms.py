@@ -277,3 +277,42 @@ class AdamProxSparsityTest(chex.TestCase):
 
         with self.assertRaises(ValueError):
             make_settings(DENConfig(prox_scale="adam"), optimizer=optax.sgd(0.1))
+
+
+class HeadL1Test(chex.TestCase):
+    """``head_l1_lambda``: a sparser head (Eq. 3) makes the breadth-first search select less."""
+
+    def _selected_top(self, prox_scale, head_l1):
+        cfg = den.config_from_dict(
+            dict(
+                steps_task1=60, steps_head=80, steps_selective=2, steps_expand=2, steps_split=2,
+                batch_size=16, new_nodes_k=1, expansion_threshold=1e9, learning_rate=1e-2,
+                l1_lambda=1e-4, head_l1_lambda=head_l1, prox_scale=prox_scale,
+                split_when="never",
+            )
+        )  # fmt: skip
+        x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+        y = (x[:, 0] > 0).astype(np.int32)
+        net = dj.init_network(jax.random.key(0), [8, 12], shared_input_dim=3)
+        net = dj.add_task(net, jax.random.key(1), "a", input_dim=3, output_dim=2)
+        net, _ = den.learn_task(net, jax.random.key(2), "a", (x, y), None, cfg)
+        net = dj.add_task(net, jax.random.key(3), "b", input_dim=3, output_dim=2)
+        _, rep = den.learn_task(net, jax.random.key(4), "b", (x, (x[:, 1] > 0).astype(np.int32)),
+                                None, cfg)  # fmt: skip
+        return rep["phases"]["head"]["l1_lambda"], rep["phases"]["selective"]["selected_units"][-1]
+
+    def test_stronger_head_l1_selects_fewer_top_units_adam(self):
+        lam, dense = self._selected_top("adam", None)
+        self.assertEqual(lam, 1e-4)
+        lam, sparse = self._selected_top("adam", 0.05)
+        self.assertEqual(lam, 0.05)
+        self.assertLess(sparse, dense)
+
+    def test_stronger_head_l1_selects_fewer_top_units_lr(self):
+        _, dense = self._selected_top("lr", None)
+        _, sparse = self._selected_top("lr", 20.0)
+        self.assertLess(sparse, dense)
+
+    def test_bad_head_l1_names_the_field(self):
+        with self.assertRaisesRegex(ValueError, "head_l1_lambda"):
+            DENConfig(head_l1_lambda=-1.0)

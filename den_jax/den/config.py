@@ -60,6 +60,9 @@ class DENConfig:
       max_splits_per_layer: cap on duplicated units per layer and task (most drifted first).
       steps_task1: optimizer steps of task-1 training (Eq. 2).
       steps_head: steps of sparse output-head training before the search (Eq. 3).
+      head_l1_lambda: mu of that head training (Eq. 3) when it differs from ``l1_lambda``
+        (``None``: ``l1_lambda``). The breadth-first search keeps every top-layer unit with a
+        non-zero weight into the task's head, so a sparser head selects fewer units.
       steps_selective: steps of selective retraining of the subnetwork (Eq. 4).
       steps_expand: steps of expansion training (Eq. 5).
       steps_split_pretrain: steps of the first Eq. 6 pass before the drift is measured
@@ -112,6 +115,7 @@ class DENConfig:
     opt_state_policy: str = "reset"
     expansion_loss_on: str = "valid"
     eval_batch_size: int = 1024
+    head_l1_lambda: float | None = None
 
     def __post_init__(self):
         if isinstance(self.new_nodes_k, list):
@@ -188,6 +192,17 @@ def validate_config(cfg: DENConfig) -> DENConfig:
                 f"DENConfig.{name}={value!r} is out of range; allowed: integers >= {minimum}"
             )
     _check_new_nodes_k(cfg.new_nodes_k)
+    head = cfg.head_l1_lambda
+    if head is not None and not (
+        isinstance(head, (int, float, np.integer, np.floating))
+        and not isinstance(head, bool)
+        and math.isfinite(float(head))
+        and float(head) >= 0
+    ):
+        raise ValueError(
+            f"DENConfig.head_l1_lambda={head!r} is out of range; allowed: null (l1_lambda) "
+            "or a number in [0.0, inf)"
+        )
     for name, choices in _CHOICES.items():
         value = getattr(cfg, name)
         if value not in choices:

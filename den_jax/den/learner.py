@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -119,6 +120,19 @@ def _build_settings(cfg: DENConfig, loss, optimizer) -> PhaseSettings:
         eval_batch_size=int(cfg.eval_batch_size),
         grow_opt_state=cfg.opt_state_policy == "grow",
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _head_settings(settings: PhaseSettings, head_l1: float | None) -> PhaseSettings:
+    """``settings`` for the sparse-head phase: L1 strength ``head_l1`` (``None``: unchanged)."""
+    if head_l1 is None or float(head_l1) == settings.l1_lambda:
+        return settings
+    tx = (
+        adam_l1_prox(settings.lr_schedule, float(head_l1))
+        if settings.l1_in_optimizer
+        else settings.tx
+    )
+    return dataclasses.replace(settings, tx=tx, l1_lambda=float(head_l1))
 
 
 def _as_data(data, name: str, spec) -> tuple[jax.Array, jax.Array]:
@@ -284,17 +298,19 @@ def _learn_later_task(
     head_mask = jax.tree.map(lambda v: np.zeros(v.shape, np.float32), state.net.params)
     head_mask["output_heads"][name] = jax.tree.map(np.ones_like, head_mask["output_heads"][name])
     head_mask = jax.tree.map(jnp.asarray, head_mask)
+    head_settings = _head_settings(settings, cfg.head_l1_lambda)
     state, stats = phases.train_phase(
         state,
         next(keys),
         name,
         train,
-        settings,
+        head_settings,
         num_steps=cfg.steps_head,
         update_mask=head_mask,
-        prox=phases.make_l1_prox(settings),
+        prox=phases.make_l1_prox(head_settings),
         phase="head",
     )
+    stats["l1_lambda"] = head_settings.l1_lambda
     report["phases"]["head"] = stats
 
     # 2. Breadth-first search (Alg. 2) and 3. selective retraining (Eq. 4 + drift).
