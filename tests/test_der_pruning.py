@@ -137,3 +137,29 @@ def test_notebook_preset_order_and_schedule():
     assert cfg.memory == 2000
     # PyCIL's integer seed gives another order.
     assert list(step.class_order(config.PRESETS["b0_10"])[:3]) == [68, 56, 78]
+
+
+def _pruned_step0(prune_lambda: float) -> dict:
+    """One pruned DER step on tiny synthetic data; returns the step's parameter report."""
+    from den_jax.data import images
+
+    tr, te = images.synthetic_data(num_classes=2, per_class=32, size=8, channels=3, seed=0)
+    cfg = config.PRESETS["smoke"].replace(
+        num_classes=2, init_classes=2, increment=2, base_width=4, first_epochs=3,
+        first_milestones=(), batch_size=16, memory=4, train_per_class=None, prune=True,
+        prune_lambda=prune_lambda, epoch_loop="step",
+    )  # fmt: skip
+    data = step.make_stream(cfg, tr, te, mean=(0.5,) * 3, std=(0.25,) * 3)
+    _, _, rep = step.learn_step(None, {}, data, cfg, step.step_key(cfg, 0), step=0)
+    return rep["params"]
+
+
+def test_sparsity_loss_prunes_channels_and_materialises_a_smaller_backbone():
+    """The sparsity loss removes channels for real: a strong lambda_s keeps far fewer than 0."""
+    weak = _pruned_step0(0.0)  # the task loss alone moves the masks too (mask_grad_scale 400)
+    pruned = _pruned_step0(5.0)
+    assert sum(pruned["kept_channels"]) < 0.5 * sum(pruned["full_channels"])
+    assert sum(pruned["kept_channels"]) < 0.75 * sum(weak["kept_channels"])
+    assert pruned["backbone_params_after"] < 0.6 * pruned["backbone_params_before"]
+    assert pruned["macs"] < pruned["macs_unpruned"]
+    assert pruned["backbones"][-1] == pruned["backbone_params_after"]

@@ -483,8 +483,9 @@ def _cli_cmd(out, config, *extra):
 
 
 def _uncached_env():
-    """The environment without the suite's compilation cache, for runs whose timing a test
-    relies on: a cached run would be faster than the uninterrupted run it is timed against."""
+    """The environment without a persistent compilation cache (one the caller may have set),
+    for runs whose timing a test relies on: a cached run would be faster than the
+    uninterrupted run it is timed against."""
     return {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
 
 
