@@ -163,21 +163,25 @@ def _range_text(low, high, low_inc, high_inc) -> str:
     return f"{left}{low}, {high}{right}"
 
 
+def _in_range(value, low, high, low_inc, high_inc) -> bool | None:
+    """None if ``value`` is not a number (bools are not), else whether it is finite and in range."""
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+        return None
+    v = float(value)
+    return (
+        math.isfinite(v)
+        and (v >= low if low_inc else v > low)
+        and (v <= high if high_inc else v < high)
+    )
+
+
 def validate_config(cfg: DENConfig) -> DENConfig:
     """Checks every field of ``cfg``; raises ``ValueError`` naming field, value and range."""
     for name, (low, high, low_inc, high_inc) in _FLOAT_RANGES.items():
         value = getattr(cfg, name)
-        ok_type = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-            value, bool
-        )
-        if not ok_type:
+        in_range = _in_range(value, low, high, low_inc, high_inc)
+        if in_range is None:
             raise ValueError(f"DENConfig.{name} must be a number, got {value!r}")
-        v = float(value)
-        in_range = (
-            math.isfinite(v)
-            and (v >= low if low_inc else v > low)
-            and (v <= high if high_inc else v < high)
-        )
         if not in_range:
             raise ValueError(
                 f"DENConfig.{name}={value!r} is out of range; allowed: "
@@ -193,12 +197,7 @@ def validate_config(cfg: DENConfig) -> DENConfig:
             )
     _check_new_nodes_k(cfg.new_nodes_k)
     head = cfg.head_l1_lambda
-    if head is not None and not (
-        isinstance(head, (int, float, np.integer, np.floating))
-        and not isinstance(head, bool)
-        and math.isfinite(float(head))
-        and float(head) >= 0
-    ):
+    if head is not None and not _in_range(head, 0.0, math.inf, True, False):
         raise ValueError(
             f"DENConfig.head_l1_lambda={head!r} is out of range; allowed: null (l1_lambda) "
             "or a number in [0.0, inf)"
