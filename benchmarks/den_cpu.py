@@ -6,7 +6,13 @@ Measures, on this machine:
     reported separately) and with a plain PyTorch loop (``torch.set_num_threads`` = the
     number of cores) on the same data;
   * seconds per task of ``den_jax.den.learn_task`` for the first ``--den-tasks`` tasks of
-    Permuted MNIST with the given DEN config (official step counts by default).
+    Permuted MNIST with the given DEN config (official step counts by default);
+  * selective retraining (Alg. 2) two ways at the widths and selection of a measured task
+    (``--selective-widths``, ``--selective-units``): masked dense steps (every unit in the
+    forward pass, updates masked after Adam, as ``den_jax.den`` trains) against compact
+    steps (the selected rows and columns gathered into a smaller MLP, trained, scattered
+    back, as the official code builds a compact network). Both compute the same function:
+    unselected units have no non-zero path to the task's outputs.
 
 Not a test: run by hand; writes ``benchmarks/results/den_cpu.json``::
 
@@ -123,11 +129,76 @@ def bench_den(data_dir: str, num_tasks: int, config: str | None) -> dict:
         )  # fmt: skip
         steps = sum(ph.get("steps", 0) + ph.get("retrain", {}).get("steps", 0)
                     for ph in report["phases"].values())  # fmt: skip
+        phase_s = {k: ph["seconds"] for k, ph in report["phases"].items() if "seconds" in ph}
         per_task.append({"task": task.name, "seconds": time.perf_counter() - t0,
                          "optimizer_steps": steps, "widths": list(net.widths),
-                         "params": report["params"]})  # fmt: skip
+                         "params": report["params"], "phase_seconds": phase_s})  # fmt: skip
     total = sum(t["seconds"] for t in per_task)
-    return {"config": config, "tasks": per_task, "total_seconds": total}
+    return {"config": config, "selective_retraining": cfg.selective_retraining,
+            "tasks": per_task, "total_seconds": total}  # fmt: skip
+
+
+def bench_selective(x, y, steps: int, batch: int, widths, selected, drift: float = 0.1) -> dict:
+    """Steps/s of selective retraining, masked dense against compact (gather/train/scatter)."""
+    rng = np.random.default_rng(0)
+    dims = [x.shape[1], *widths, 10]
+    params = [(jnp.asarray(rng.normal(0, 0.05, (a, b)), jnp.float32), jnp.zeros((b,)))
+              for a, b in zip(dims[:-1], dims[1:])]  # fmt: skip
+    chosen = [np.sort(rng.choice(w, k, replace=False)) for w, k in zip(widths, selected)]
+    sel = [np.arange(x.shape[1]), *chosen, np.arange(10)]
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    tx = optax.adam(1e-3)
+
+    def run(p0, masks, n):
+        def loss_fn(p, xb, yb):
+            h = xb
+            for i, (w, b) in enumerate(p):
+                h = h @ w + b
+                h = jax.nn.relu(h) if i < len(p) - 1 else h
+            ce = optax.softmax_cross_entropy_with_integer_labels(h, yb).mean()
+            return ce + drift * sum(jnp.sum((w - w0) ** 2) for (w, _), (w0, _) in zip(p, p0))
+
+        def body(i, carry):
+            p, s = carry
+            idx = jax.random.randint(jax.random.fold_in(jax.random.key(1), i), (batch,), 0,
+                                     xj.shape[0])  # fmt: skip
+            g = jax.grad(loss_fn)(p, xj[idx], yj[idx])
+            u, s = tx.update(g, s, p)
+            if masks is not None:
+                u = jax.tree.map(lambda a, m: a * m, u, masks)
+            return optax.apply_updates(p, u), s
+
+        return jax.lax.fori_loop(0, n, body, (p0, tx.init(p0)))[0]
+
+    def masks_of(p):
+        out = []
+        for i, (w, _) in enumerate(p):
+            rows = np.zeros(w.shape[0], np.float32)
+            rows[sel[i]] = 1
+            cols = np.zeros(w.shape[1], np.float32)
+            cols[sel[i + 1]] = 1
+            out.append((jnp.asarray(np.outer(rows, cols)), jnp.asarray(cols)))
+        return out
+
+    def gather(p):
+        return [(w[sel[i]][:, sel[i + 1]], b[sel[i + 1]]) for i, (w, b) in enumerate(p)]
+
+    def scatter(p, small):
+        return [(w.at[np.ix_(sel[i], sel[i + 1])].set(ws), b.at[sel[i + 1]].set(bs))
+                for i, ((w, b), (ws, bs)) in enumerate(zip(p, small))]  # fmt: skip
+
+    masks = masks_of(params)
+    dense = jax.jit(lambda p: run(p, masks, steps))
+    compact = jax.jit(lambda p: scatter(p, run(gather(p), None, steps)))
+    out = {"widths": list(widths), "selected_units": list(selected), "steps": steps}
+    for name, fn in (("masked_dense", dense), ("compact", compact)):
+        jax.block_until_ready(fn(params))  # compile + one run
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(params))
+        sec = time.perf_counter() - t0
+        out[name] = {"seconds": sec, "steps_per_second": steps / sec}
+    out["compact_speedup"] = out["masked_dense"]["seconds"] / out["compact"]["seconds"]
+    return out
 
 
 def _commit() -> str:
@@ -149,6 +220,12 @@ def main() -> None:
     p.add_argument("--den-tasks", type=int, default=2, help="0 skips the DEN timing")
     p.add_argument("--config", default="experiments/configs/den_permuted_mnist.yaml")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--selective-widths", default="611,142",
+                   help="hidden widths for the selective-retraining comparison (Permuted "
+                   "MNIST task 10, shipped config, seed 0)")  # fmt: skip
+    p.add_argument("--selective-units", default="450,86", help="units selected per layer")
+    p.add_argument("--only-selective", action="store_true",
+                   help="run only the selective-retraining comparison")  # fmt: skip
     p.add_argument("--out", default="benchmarks/results/den_cpu.json")
     args = p.parse_args()
     task = permuted_mnist(args.data_dir, 1)[0]
@@ -166,8 +243,14 @@ def main() -> None:
         },
         "mlp": "784-312-128-10 ReLU, Adam 1e-3, softmax CE",
         "batch": args.batch,
-        "jax": bench_jax(x, y, args.steps, args.batch),
     }
+    widths = [int(v) for v in args.selective_widths.split(",")]
+    chosen = [int(v) for v in args.selective_units.split(",")]
+    result["selective_retraining"] = bench_selective(x, y, args.steps, args.batch, widths, chosen)
+    if args.only_selective:
+        args.no_torch, args.den_tasks = True, 0
+    else:
+        result["jax"] = bench_jax(x, y, args.steps, args.batch)
     if not args.no_torch:
         result["torch"] = bench_torch(x, y, args.steps, args.batch, threads)
         result["jax_over_torch_speed"] = (

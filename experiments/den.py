@@ -70,6 +70,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="choose l2's / ewc's lambda on the validation split from these "
                    "values (repeat per method; a bare METHOD takes its default grid), then run "
                    "the test split with the best")  # fmt: skip
+    p.add_argument("--search-tasks", type=int, metavar="N",
+                   help="run the --lambda-grid search on the first N tasks only "
+                   "(default: every task)")  # fmt: skip
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p.parse_args(argv)
 
@@ -236,6 +239,12 @@ def run_one(args: argparse.Namespace) -> dict:
     unknown = sorted(set(grids) - set(methods))
     if unknown:
         raise ValueError(f"--lambda-grid names {unknown}, which --method does not run")
+    search_n = getattr(args, "search_tasks", None)
+    if search_n is not None and not 2 <= search_n <= len(tasks):
+        raise ValueError(
+            f"bad --search-tasks {search_n}: expected 2..{len(tasks)} (the stream's tasks)"
+        )
+    search_tasks = tasks if search_n is None or not grids else tasks[:search_n]
     for name in methods:
         cfg = den_cfg if stream.get_method(name).uses_den_config else base_cfg
         steps = None
@@ -254,11 +263,15 @@ def run_one(args: argparse.Namespace) -> dict:
             run_config["steps_per_task"] = steps
         common = dict(hidden=hidden, seed=seed, resume=args.resume, steps_per_task=steps)
         if name in grids:
+            n = len(search_tasks)
             search = lambda_search.select_lambda(
-                name, tasks, cfg, grids[name], run_config=run_config,
+                name, search_tasks, cfg, grids[name],
+                run_config={**run_config, "tasks": tasks.names[:n]},
                 checkpoint_root=os.path.abspath(os.path.join(args.out, "lambda_search", name)),
-                callbacks=[lambda e: _log_task(e, len(tasks), "valid")], **common,
+                callbacks=[lambda e, n=n: _log_task(e, n, "valid")],
+                **{**common, "steps_per_task": None if steps is None else steps[:n]},
             )  # fmt: skip
+            search["tasks"] = tasks.names[:n]
             results.setdefault("lambda_search", {})[name] = search
             checkpoint.write_json_atomic(
                 os.path.join(args.out, "lambda_search.json"), results["lambda_search"]

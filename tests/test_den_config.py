@@ -47,6 +47,7 @@ BAD_VALUES = [
     ("expansion_loss_on", "test", "'valid', 'train'"),
     ("head_l1_lambda", -0.01, "[0.0, inf)"),
     ("head_l1_lambda", "strong", "null (l1_lambda)"),
+    ("selective_retraining", "gathered", "'masked', 'compact'"),
 ]
 
 

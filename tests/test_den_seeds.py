@@ -29,17 +29,24 @@ def _read(path):
         return json.load(f)
 
 
-def test_seeds_budget_and_lambda_grid(tmp_path):
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, size=(100, 6), dtype=np.uint8)
-    y = (x[:, 0] > 128).astype(np.int64) + 2 * (x[:, 1] > 128)
-    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:30], y_test=y[:30])
+def _class_stream(tmp_path, num_pairs: int, n: int, seed: int) -> list[str]:
+    """An npz of ``num_pairs`` two-class tasks and the tiny config; the common argv."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(n, 6), dtype=np.uint8)
+    y = (x[:, 0] > 128).astype(np.int64) + 2 * (x[:, 1] // (256 // num_pairs + 1))
+    test = n // 3
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:test], y_test=y[:test])
     (tmp_path / "c.yaml").write_text(TINY)
+    tasks = "/".join(f"{2 * i},{2 * i + 1}" for i in range(num_pairs))
+    return ["--dataset", f"npz:{tmp_path / 'd.npz'}", "--tasks", f"classes:{tasks}",
+            "--config", str(tmp_path / "c.yaml"), "--hidden", "5", "--no-plots"]  # fmt: skip
+
+
+def test_seeds_budget_and_lambda_grid(tmp_path):
     out = tmp_path / "out"
-    argv = ["--dataset", f"npz:{tmp_path / 'd.npz'}", "--tasks", "classes:0,1/2,3",
-            "--config", str(tmp_path / "c.yaml"), "--out", str(out), "--hidden", "5",
+    argv = [*_class_stream(tmp_path, 2, 100, 0), "--out", str(out),
             "--method", "l2,den", "--budget", "den", "--lambda-grid", "l2=0,10",
-            "--seeds", "0,1", "--no-plots"]  # fmt: skip
+            "--seeds", "0,1"]  # fmt: skip
     assert runner.main(argv) == 0
     top = _read(out / "results.json")
     assert top["seeds"] == [0, 1] and set(top["aggregate"]) == {"den", "l2"}
@@ -92,3 +99,23 @@ def test_aggregate_seeds_mean_std_and_table():
         comparison.aggregate_seeds({})
     with pytest.raises(ValueError, match="seed 0 method 'den': params must be a number"):
         comparison.aggregate_seeds({0: {"den": {"params": "x"}}})
+
+
+def test_lambda_search_on_the_first_tasks(tmp_path):
+    """``--search-tasks N``: the grid runs on the first N tasks at their DEN budget."""
+    out = tmp_path / "out"
+    argv = [*_class_stream(tmp_path, 3, 150, 1), "--out", str(out),
+            "--method", "den,ewc", "--budget", "den", "--lambda-grid", "ewc=0,100",
+            "--search-tasks", "2"]  # fmt: skip
+    assert runner.main(argv) == 0
+    res = _read(out / "results.json")
+    search = res["lambda_search"]["ewc"]
+    assert search["tasks"] == res["tasks"][:2]
+    assert search["steps_per_task"] == res["den_steps_per_task"][:2]
+    run_dir = out / "lambda_search" / "ewc" / "lambda_100"
+    assert os.path.isdir(run_dir)
+    assert len(res["methods"]["ewc"]["accuracy_matrix"]) == 3  # the final run: every task
+    bad = list(argv)
+    bad[bad.index("--search-tasks") + 1] = "4"
+    bad[bad.index("--out") + 1] = str(tmp_path / "other")
+    assert runner.main(bad) == 2

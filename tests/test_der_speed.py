@@ -189,7 +189,9 @@ class PaddedBatchTest(chex.TestCase):
             outs.append((_fingerprint(st, opt), jax.device_get(m)))
         for k in outs[0][1]:
             np.testing.assert_allclose(outs[1][1][k], outs[0][1][k], rtol=1e-5, err_msg=k)
-        _assert_trees_close(outs[1][0], outs[0][0], rtol=1e-5)
+        # Float reduction order only: 1e-5 of a leaf's scale was exceeded (1.03x) by one Adam
+        # trace entry of 2,304 on an AMD EPYC CPU; a masking error moves leaves by O(scale).
+        _assert_trees_close(outs[1][0], outs[0][0], rtol=3e-5)
 
 
 class StackedOldFeaturesTest(chex.TestCase):

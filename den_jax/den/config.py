@@ -20,6 +20,7 @@ import numpy as np
 __all__ = [
     "DENConfig",
     "EXPANSION_LOSS_ON",
+    "SELECTIVE_RETRAINING",
     "LOSSES",
     "OPT_STATE_POLICIES",
     "PROX_SCALES",
@@ -37,6 +38,7 @@ SPLIT_WHEN = ("always", "after_expansion", "never")
 SPLIT_RETRAIN = ("all", "new")
 OPT_STATE_POLICIES = ("reset", "grow")
 EXPANSION_LOSS_ON = ("valid", "train")
+SELECTIVE_RETRAINING = ("masked", "compact")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +89,12 @@ class DENConfig:
         ``"grow"`` (keep Adam moments; pad them across growth by unit id).
       expansion_loss_on: ``"valid"`` (whole validation set when given) or ``"train"``.
       eval_batch_size: batch size of whole-dataset loss evaluation.
+      selective_retraining: ``"masked"`` (every unit in the forward pass, updates masked
+        after the optimizer) or ``"compact"`` (the selected units gathered into a smaller
+        network, trained and scattered back, as the official code builds a compact network;
+        :class:`den_jax.den.compact.Subnetwork`). Both train the same function (unselected
+        units have no non-zero path to the task's outputs); compact steps are cheaper.
+        ``"compact"`` needs ``opt_state_policy="reset"``.
     """
 
     l1_lambda: float = 0.01
@@ -116,6 +124,7 @@ class DENConfig:
     expansion_loss_on: str = "valid"
     eval_batch_size: int = 1024
     head_l1_lambda: float | None = None
+    selective_retraining: str = "masked"
 
     def __post_init__(self):
         if isinstance(self.new_nodes_k, list):
@@ -154,6 +163,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "split_retrain": SPLIT_RETRAIN,
     "opt_state_policy": OPT_STATE_POLICIES,
     "expansion_loss_on": EXPANSION_LOSS_ON,
+    "selective_retraining": SELECTIVE_RETRAINING,
 }
 
 
@@ -206,6 +216,11 @@ def validate_config(cfg: DENConfig) -> DENConfig:
         value = getattr(cfg, name)
         if value not in choices:
             raise ValueError(f"DENConfig.{name}={value!r} is not allowed; choose one of {choices}")
+    if cfg.selective_retraining == "compact" and cfg.opt_state_policy != "reset":
+        raise ValueError(
+            'DENConfig.selective_retraining="compact" needs opt_state_policy="reset" (a carried '
+            f"optimizer state has the full network's shapes), got {cfg.opt_state_policy!r}"
+        )
     return cfg
 
 

@@ -32,6 +32,7 @@ from den_jax.align import align_tree, grow_opt_state
 from den_jax.capacity import count_params
 from den_jax.data.checks import check_finite, check_targets
 from den_jax.den import phases, split
+from den_jax.den.compact import Subnetwork
 from den_jax.den.config import DENConfig
 from den_jax.den.phases import PhaseSettings, PhaseState
 from den_jax.den.proximal import adam_l1_prox
@@ -316,19 +317,33 @@ def _learn_later_task(
     # 2. Breadth-first search (Alg. 2) and 3. selective retraining (Eq. 4 + drift).
     selection = select_subnetwork(state.net, name)
     drift_mask = phases.old_task_mask(state.net, name)
-    state, stats = phases.train_phase(
-        state,
+    sub = None
+    if cfg.selective_retraining == "compact":
+        sub = Subnetwork.build(state.net, name, selection.units)
+        small = sub.compact_net()
+        phase_state = PhaseState(small, None, state.step)
+        update_mask = jax.tree.map(jnp.ones_like, small.params)
+        prev, drift_mask = sub.gather(prev_params), sub.gather(drift_mask)
+    else:
+        phase_state, update_mask, prev = state, selection.masks, prev_params
+    phase_state, stats = phases.train_phase(
+        phase_state,
         next(keys),
         name,
         train,
         settings,
         num_steps=cfg.steps_selective,
-        update_mask=selection.masks,
+        update_mask=update_mask,
         prox=phases.make_l1_prox(settings),
-        prev=prev_params,
+        prev=prev,
         drift_mask=drift_mask,
         phase="selective",
     )
+    stats["compact"] = sub is not None
+    if sub is None:
+        state = phase_state
+    else:
+        state = PhaseState(sub.scatter(phase_state.net), None, phase_state.step)
     stats["selected_units"] = [int(u.size) for u in selection.units]
     stats["available_units"] = [int(w) for w in state.net.widths]
     stats["selected_fraction"] = [
